@@ -1,0 +1,26 @@
+# The two set-up commands of the README: `make demo` and `make test`. Each creates .venv and
+# installs what it needs by itself.
+.PHONY: demo test venv proto lint bench clean
+
+demo: venv
+	.venv/bin/probenet demo $(ARGS)
+
+test:
+	scripts/test.sh $(ARGS)
+
+venv:
+	scripts/setup.sh --venv
+
+proto: venv
+	.venv/bin/python scripts/gen_proto.py
+
+lint: venv
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+bench: venv
+	.venv/bin/python benchmarks/ingest.py
+	.venv/bin/python benchmarks/agent_probes.py
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -1,0 +1,240 @@
+"""The collector's value types: verdicts, target and agent views, outage records, transitions.
+
+These are what the classifier hands out and what the journal, the HTTP API, the metrics and
+the MQTT events consume. Times are float unix seconds internally and RFC 3339 UTC outside.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+# Index = the wire enum probenet.v1.Phase; value = the phase name used in JSON and labels.
+PHASE_NAMES: tuple[str, ...] = (
+    "", "dns", "connect", "tls", "request", "response", "validation", "timeout",
+)
+
+
+class RegionVerdict(StrEnum):
+    """A region's verdict for one probe."""
+
+    UP = "up"
+    DOWN = "down"
+    UNKNOWN = "unknown"
+
+
+class TargetState(StrEnum):
+    """A probe's state across the fleet (the `state` of /api/v1/targets)."""
+
+    UP = "up"
+    REGIONAL_OUTAGE = "regional_outage"
+    GLOBAL_OUTAGE = "global_outage"
+    UNKNOWN = "unknown"
+
+
+class Scope(StrEnum):
+    """How far an outage reaches."""
+
+    REGIONAL = "regional"
+    GLOBAL = "global"
+
+
+class OutageKind(StrEnum):
+    """What an outage record is about."""
+
+    PROBE = "probe"
+    SERVICE = "service"
+    REGION_ISOLATED = "region_isolated"
+    MONITORING_DEGRADED = "monitoring_degraded"
+
+
+class OutageEvent(StrEnum):
+    """What happened to an outage record.
+
+    `updated` (regions, phase or reason changed, scope unchanged) is journaled but is not one
+    of the MQTT event names; the other three are published as DESIGN.md lists them.
+    """
+
+    OPENED = "opened"
+    SCOPE_CHANGED = "scope_changed"
+    UPDATED = "updated"
+    RESOLVED = "resolved"
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """Unix seconds as RFC 3339 UTC with millisecond precision (`2026-11-24T15:39:00.000Z`)."""
+    if ts is None:
+        return None
+    moment = dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_rfc3339(text: str | None) -> float | None:
+    """Inverse of `rfc3339`."""
+    if text is None:
+        return None
+    return dt.datetime.fromisoformat(text).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class ClassificationParams:
+    """The thresholds of DESIGN.md's classification table (defaults as documented there)."""
+
+    global_ratio: float = 0.8
+    min_regions: int = 2
+    recover_after: int = 2
+    stale_after_intervals: float = 3.0
+    impaired_ratio: float = 0.5
+    impaired_min_probes: int = 3
+    # Flapping: more than `flap_max_changes` state changes within `flap_window_s`.
+    flap_max_changes: int = 4
+    flap_window_s: float = 1800.0
+    # A `service` record opens when at least this many probes of one service are in outage.
+    service_min_probes: int = 2
+    # More than this share of all agents stale or impaired: monitoring_degraded.
+    degraded_ratio: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class OutageRecord:
+    """One outage, as journaled and served (JSON field names are the contract)."""
+
+    id: str
+    kind: OutageKind
+    probe: str | None
+    service: str | None
+    region: str | None
+    probes: tuple[str, ...]
+    scope: Scope
+    peak_scope: Scope
+    regions: tuple[str, ...]
+    regions_ever: tuple[str, ...]
+    phase: str | None
+    reason: str | None
+    started_at: float
+    detected_at: float
+    ended_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """True while the outage is open."""
+        return self.ended_at is None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as DESIGN.md's JSON (times in RFC 3339 UTC)."""
+        return {
+            "id": self.id,
+            "kind": str(self.kind),
+            "probe": self.probe,
+            "service": self.service,
+            "region": self.region,
+            "probes": list(self.probes),
+            "scope": str(self.scope),
+            "peak_scope": str(self.peak_scope),
+            "regions": list(self.regions),
+            "regions_ever": list(self.regions_ever),
+            "phase": self.phase,
+            "reason": self.reason,
+            "started_at": rfc3339(self.started_at),
+            "detected_at": rfc3339(self.detected_at),
+            "ended_at": rfc3339(self.ended_at),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> OutageRecord:
+        """Inverse of `to_json`."""
+        started = parse_rfc3339(data["started_at"])
+        detected = parse_rfc3339(data["detected_at"])
+        assert started is not None
+        assert detected is not None
+        return cls(
+            id=data["id"],
+            kind=OutageKind(data["kind"]),
+            probe=data.get("probe"),
+            service=data.get("service"),
+            region=data.get("region"),
+            probes=tuple(data.get("probes") or ()),
+            scope=Scope(data["scope"]),
+            peak_scope=Scope(data["peak_scope"]),
+            regions=tuple(data.get("regions") or ()),
+            regions_ever=tuple(data.get("regions_ever") or ()),
+            phase=data.get("phase"),
+            reason=data.get("reason"),
+            started_at=started,
+            detected_at=detected,
+            ended_at=parse_rfc3339(data.get("ended_at")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OutageTransition:
+    """An outage record changed: journal it, then publish it."""
+
+    event: OutageEvent
+    record: OutageRecord
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TargetView:
+    """A probe's fleet-wide view (an /api/v1/targets entry)."""
+
+    probe: str
+    target: str
+    service: str | None
+    kind: str
+    state: TargetState
+    regions: Mapping[str, RegionVerdict] = field(default_factory=dict)
+    flapping: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as DESIGN.md's JSON."""
+        return {
+            "probe": self.probe,
+            "target": self.target,
+            "service": self.service,
+            "kind": self.kind,
+            "state": str(self.state),
+            "regions": {r: str(v) for r, v in sorted(self.regions.items())},
+            "flapping": self.flapping,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TargetChange:
+    """A probe's view changed (state or a region's verdict): the retained MQTT state."""
+
+    view: TargetView
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AgentView:
+    """An agent as /api/v1/agents shows it."""
+
+    id: str
+    region: str
+    connected: bool
+    impaired: bool
+    stale: bool
+    last_seen: float | None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as DESIGN.md's JSON."""
+        return {
+            "id": self.id,
+            "region": self.region,
+            "connected": self.connected,
+            "impaired": self.impaired,
+            "stale": self.stale,
+            "last_seen": rfc3339(self.last_seen),
+            "labels": dict(self.labels),
+        }
+
+
+Transition = OutageTransition | TargetChange
+"""What the classifier emits, in order; the collector journals then publishes each."""
