@@ -7,10 +7,10 @@ the MQTT events consume. Times are float unix seconds internally and RFC 3339 UT
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 # Index = the wire enum probenet.v1.Phase; value = the phase name used in JSON and labels.
 PHASE_NAMES: tuple[str, ...] = (
@@ -238,3 +238,25 @@ class AgentView:
 
 Transition = OutageTransition | TargetChange
 """What the classifier emits, in order; the collector journals then publishes each."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournaledTransition:
+    """A transition after the journal committed it.
+
+    `seq` increases per collector across restarts (the journal's event id) for outage
+    transitions; it is 0 for TargetChange, which is not journaled.
+    """
+
+    seq: int
+    transition: Transition
+
+
+class TransitionSink(Protocol):
+    """Where committed transitions go after the journal (MQTT publisher, demo, tests).
+
+    `submit` must not block: a sink queues internally (bounded, counting what it drops).
+    """
+
+    def submit(self, items: Sequence[JournaledTransition]) -> None:
+        """Take committed transitions, in order."""
