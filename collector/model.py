@@ -7,10 +7,12 @@ the MQTT events consume. Times are float unix seconds internally and RFC 3339 UT
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 # Index = the wire enum probenet.v1.Phase; value = the phase name used in JSON and labels.
 PHASE_NAMES: tuple[str, ...] = (

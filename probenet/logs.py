@@ -3,7 +3,8 @@
 Fields are passed as `extra=` and printed as key=value pairs after the message:
 
     log.warning("stream rejected", extra={"agent": "fra-1", "reason": "bad_token"})
-    ts=2026-11-24T15:39:00.123Z level=warning logger=collector.ingest msg="stream rejected" agent=fra-1 reason=bad_token
+    ts=2026-11-24T15:39:00.123Z level=warning logger=collector.ingest msg="stream rejected"
+      agent=fra-1 reason=bad_token   (one line)
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any, Literal, TextIO
-
 import time
+from typing import Any, Literal, TextIO
 
 LogFormat = Literal["logfmt", "json"]
 

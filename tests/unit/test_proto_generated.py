@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
+from probenet.v1 import probenet_pb2 as pb
 
 
 def test_generated_modules_match_the_proto(tmp_path):
@@ -24,8 +25,6 @@ def test_generated_modules_match_the_proto(tmp_path):
 
 
 def test_protocol_round_trips_a_batch():
-    from probenet.v1 import probenet_pb2 as pb
-
     batch = pb.AgentMessage(batch=pb.ResultBatch(results=[
         pb.ProbeResult(seq=i, probe="web", success=i % 2 == 0, failed_phase=pb.PHASE_TLS,
                        phases=[pb.PhaseDuration(name="connect", seconds=0.01)])
