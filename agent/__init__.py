@@ -1,0 +1,1 @@
+"""The probenet agent: runs probes on schedule and streams results to collectors."""

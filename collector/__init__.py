@@ -1,0 +1,1 @@
+"""The probenet collector: ingest, classification, journal, metrics, HTTP API, events."""

@@ -1,28 +1,50 @@
-"""The classifier: agents' results in, verdicts and outage transitions out. Pure: no I/O.
+"""The classifier: agents' results in, region verdicts, target states and outage transitions out.
 
-INTERFACE STUB (lead): the signatures below are the contract between the classifier and the
-rest of the collector (ingest, journal, api, metrics, events). The implementation replaces
-the bodies; keep the signatures (add, do not rename).
+Pure: no I/O, no asyncio, no clock reads. Time is float unix seconds and is always passed in
+(`now`). Rules: DESIGN.md, "Classification (the heart)"; the points DESIGN.md leaves open are
+settled as written on each method below. The layers, bottom up:
 
-Rules: ../shared/DESIGN.md, "Classification (the heart)". Time is float unix seconds and is
-always passed in (`now`): the classifier never reads a clock.
+    (agent, probe) pair   the agent's verdict: up, down (confirmed failure) or none yet;
+                          fresh while its last result is newer than stale_after_intervals x
+                          the probe's interval
+    agent                 stale (silent for stale_after_intervals x its interval), impaired
+                          (its own network is broken), or counted
+    (probe, region)       majority of the region's fresh, counted agents, the lone-agent rule,
+                          then recovery hysteresis
+    probe                 up / regional_outage / global_outage / unknown, flapping
+    records               probe, service, region_isolated and monitoring_degraded outages
+
+Hot path: `apply` for a success on a pair that is already up, fresh and not recovering only
+stores the sample; everything else goes through the slow path, which evaluates impairment
+before region verdicts so that a broken agent is left out before its word can open an outage.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from collector.model import (
+    PHASE_NAMES,
     AgentView,
     ClassificationParams,
+    OutageEvent,
+    OutageKind,
     OutageRecord,
+    OutageTransition,
     RegionVerdict,
+    Scope,
+    TargetChange,
+    TargetState,
     TargetView,
     Transition,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
 
 class ResultLike(Protocol):
@@ -33,31 +55,56 @@ class ResultLike(Protocol):
     """
 
     @property
-    def probe(self) -> str: ...
+    def probe(self) -> str:
+        """Probe name: the key of a target across the fleet."""
+
     @property
-    def target(self) -> str: ...
+    def target(self) -> str:
+        """What was probed (URL, host:port, name)."""
+
     @property
-    def kind(self) -> str: ...
+    def kind(self) -> str:
+        """http, tcp, dns, icmp, tls or grpc."""
+
     @property
-    def service(self) -> str: ...
+    def service(self) -> str:
+        """Optional grouping of probes; "" for none."""
+
     @property
-    def success(self) -> bool: ...
+    def success(self) -> bool:
+        """True when the probe succeeded."""
+
     @property
-    def confirmed(self) -> bool: ...
+    def confirmed(self) -> bool:
+        """For a failure: true once the re-probe failed too."""
+
     @property
-    def failed_phase(self) -> int: ...  # index into collector.model.PHASE_NAMES
+    def failed_phase(self) -> int:
+        """Index into collector.model.PHASE_NAMES (0 on success)."""
+
     @property
-    def timeout_phase(self) -> int: ...
+    def timeout_phase(self) -> int:
+        """For a timeout: the phase in progress, same indexes."""
+
     @property
-    def reason(self) -> str: ...
+    def reason(self) -> str:
+        """Machine-readable failure reason, "" on success."""
+
     @property
-    def duration_seconds(self) -> float: ...
+    def duration_seconds(self) -> float:
+        """Total duration of the probe run."""
+
     @property
-    def status_code(self) -> int: ...
+    def status_code(self) -> int:
+        """HTTP status code, 0 when none applies."""
+
     @property
-    def timestamp_ms(self) -> int: ...
+    def timestamp_ms(self) -> int:
+        """Agent's clock when the probe started, unix milliseconds."""
+
     @property
-    def interval_ms(self) -> int: ...
+    def interval_ms(self) -> int:
+        """The probe's interval in milliseconds (0 if unknown)."""
 
 
 @dataclass(slots=True)
@@ -81,6 +128,227 @@ def new_outage_id() -> str:
     return uuid.uuid4().hex
 
 
+def target_state(verdicts: Iterable[RegionVerdict], params: ClassificationParams) -> TargetState:
+    """A probe's state from its regions' verdicts (DESIGN.md's table; unknown regions ignored)."""
+    up = down = 0
+    for verdict in verdicts:
+        if verdict is RegionVerdict.UP:
+            up += 1
+        elif verdict is RegionVerdict.DOWN:
+            down += 1
+    reporting = up + down
+    if reporting == 0 or reporting < params.min_regions:
+        return TargetState.UNKNOWN
+    if down == 0:
+        return TargetState.UP
+    if down / reporting >= params.global_ratio:
+        return TargetState.GLOBAL_OUTAGE
+    return TargetState.REGIONAL_OUTAGE
+
+
+def phase_name(index: int) -> str | None:
+    """The JSON name of a wire phase index; None for "no phase" or an index out of range."""
+    if 0 < index < len(PHASE_NAMES):
+        return PHASE_NAMES[index]
+    return None
+
+
+# A pair's verdict. Small ints: the hot path compares them.
+_NO_VERDICT = 0
+_UP = 1
+_DOWN = 2
+
+_V_UP = RegionVerdict.UP
+_V_DOWN = RegionVerdict.DOWN
+_V_UNKNOWN = RegionVerdict.UNKNOWN
+_OUTAGE_STATES = frozenset({TargetState.REGIONAL_OUTAGE, TargetState.GLOBAL_OUTAGE})
+
+# An agent timestamp further than this from the collector's receipt time is not believed
+# (agent clock badly off); the receipt time stands in for it.
+_CLOCK_TRUST_S = 60.0
+
+_FailureKey = tuple[str | None, str | None]
+
+
+class _Agent:
+    """One agent: identity, liveness and the counts the impairment rule needs."""
+
+    __slots__ = (
+        "connected",
+        "counted",
+        "first_result_at",
+        "id",
+        "impaired",
+        "interval_s",
+        "labels",
+        "last_heard",
+        "last_seen",
+        "n_down",
+        "n_fresh",
+        "network",
+        "next_scan",
+        "pairs",
+        "region",
+        "stale",
+    )
+
+    def __init__(self, agent_id: str, region: str, labels: Mapping[str, str],
+                 interval_s: float, now: float) -> None:
+        self.id = agent_id
+        self.region = region
+        self.labels: dict[str, str] = dict(labels)
+        # Without a `network` label every agent is its own network.
+        self.network = self.labels.get("network") or f"agent:{agent_id}"
+        self.interval_s = interval_s
+        self.connected = True
+        self.stale = False
+        self.impaired = False
+        self.counted = True  # not stale and not impaired: its verdicts count
+        self.last_seen: float | None = None  # last result (collector clock)
+        self.last_heard = now  # last result, or the first hello: staleness counts from it
+        self.first_result_at: float | None = None
+        self.next_scan = now
+        self.pairs: dict[str, _Pair] = {}
+        self.n_fresh = 0  # pairs with a fresh verdict
+        self.n_down = 0  # ... of which down
+
+    def set_flags(self, *, stale: bool | None = None, impaired: bool | None = None) -> None:
+        """Change staleness or impairment, keeping `counted` in step."""
+        if stale is not None:
+            self.stale = stale
+        if impaired is not None:
+            self.impaired = impaired
+        self.counted = not self.stale and not self.impaired
+
+    def view(self) -> AgentView:
+        """The /api/v1/agents entry."""
+        return AgentView(
+            id=self.id,
+            region=self.region,
+            connected=self.connected,
+            impaired=self.impaired,
+            stale=self.stale,
+            last_seen=self.last_seen,
+            labels=dict(self.labels),
+        )
+
+
+class _RegionState:
+    """One probe in one region: the agents' pairs and the region's verdict with hysteresis."""
+
+    __slots__ = ("down_memory", "name", "pairs", "raw", "up_streak", "verdict", "weak")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pairs: list[_Pair] = []
+        self.verdict = _V_UNKNOWN
+        self.raw = _V_UNKNOWN  # the majority verdict, before the lone-agent rule
+        self.weak = False  # raw down on one agent's single confirmed failure
+        self.down_memory = False  # last known verdict was down: recovery needs up evaluations
+        self.up_streak = 0
+
+
+class _ProbeOutage:
+    """The open probe record and the failure (phase, reason) counts behind its phase/reason."""
+
+    __slots__ = ("counts", "record", "top")
+
+    def __init__(self, record: OutageRecord, counts: dict[_FailureKey, int]) -> None:
+        self.record = record
+        self.counts = counts
+        self.top: _FailureKey = max(counts, key=counts.__getitem__) if counts else (
+            record.phase, record.reason)
+
+
+class _Probe:
+    """One probe across the fleet: its regions, state, flapping history and open outage."""
+
+    __slots__ = (
+        "changes",
+        "flapping",
+        "kind",
+        "last_stable",
+        "name",
+        "outage",
+        "regions",
+        "service",
+        "state",
+        "target",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.target = ""
+        self.kind = ""
+        self.service: str | None = None
+        self.state = TargetState.UNKNOWN
+        self.regions: dict[str, _RegionState] = {}
+        self.flapping = False
+        self.changes: deque[float] = deque()  # times of state changes among up/outage states
+        self.last_stable: TargetState | None = None  # last state other than unknown
+        self.outage: _ProbeOutage | None = None
+
+    def region(self, name: str) -> _RegionState:
+        """The probe's state in region `name`, created on first use."""
+        found = self.regions.get(name)
+        if found is None:
+            found = self.regions[name] = _RegionState(name)
+        return found
+
+    def view(self) -> TargetView:
+        """The /api/v1/targets entry."""
+        return TargetView(
+            probe=self.name,
+            target=self.target,
+            service=self.service,
+            kind=self.kind,
+            state=self.state,
+            regions={name: self.regions[name].verdict for name in sorted(self.regions)},
+            flapping=self.flapping,
+        )
+
+
+class _Pair(PairSample):
+    """One (agent, probe) pair: the latest sample (the PairSample fields) and the verdict."""
+
+    __slots__ = (
+        "agent_state",
+        "fail_phase",
+        "fail_reason",
+        "first_fail_at",
+        "first_fail_ms",
+        "fresh",
+        "interval_ms",
+        "probe_state",
+        "region_state",
+        "streak",
+        "verdict",
+    )
+
+    def __init__(self, agent: _Agent, probe: _Probe, target: str, kind: str, now: float) -> None:
+        PairSample.__init__(self, agent.id, agent.region, probe.name, target, kind, False, 0.0,
+                            0, now, None)
+        self.agent_state = agent
+        self.probe_state = probe
+        self.region_state = probe.region(agent.region)
+        self.verdict = _NO_VERDICT
+        self.fresh = False
+        self.streak = 0  # consecutive confirmed failures
+        self.interval_ms = 0
+        self.first_fail_ms = 0  # agent clock of the current failing streak's first failure
+        self.first_fail_at = 0.0  # collector clock of the same
+        self.fail_phase = 0  # latest failure's phase index and reason
+        self.fail_reason = ""
+
+
+@dataclass(slots=True)
+class _SideRecord:
+    """An open service, region_isolated or monitoring_degraded record."""
+
+    record: OutageRecord
+    restored: bool = False  # adopted from the journal and not yet confirmed by evidence
+
+
 class Classifier:
     """Holds every agent's latest verdicts and turns them into region and target verdicts.
 
@@ -98,7 +366,20 @@ class Classifier:
         details_of: Callable[[ResultLike], Any] | None = None,
     ) -> None:
         """`new_id` makes outage ids; `details_of` extracts kind-specific facts to keep."""
-        raise NotImplementedError
+        self._params = params
+        self._new_id = new_id
+        self._details_of = details_of
+        self._agents: dict[str, _Agent] = {}
+        self._agents_by_region: dict[str, list[_Agent]] = {}
+        self._probes: dict[str, _Probe] = {}
+        self._service_probes: dict[str, set[str]] = {}
+        self._services: dict[str, _SideRecord] = {}
+        self._isolated: dict[str, _SideRecord] = {}
+        self._degraded: _SideRecord | None = None
+        self._suspects: set[str] = set()  # agents down on enough probes, not yet seen up elsewhere
+        self._flap_watch: set[str] = set()  # probes with state changes inside the flap window
+        self._transitions: list[Transition] = []
+        self._restored_at: float | None = None
 
     # -- input ---------------------------------------------------------------------------
 
@@ -107,65 +388,759 @@ class Classifier:
 
         Their regions start as down-but-unknown, so each outage stays open until evidence of
         recovery (recover_after up verdicts) arrives, and continues if the fault persists.
+        Service records follow their probes; region_isolated and monitoring_degraded records
+        resolve once agents have reported for a full staleness window without the condition.
+        A second open record for the same probe, service or region (a journal written by a
+        bug) is resolved at once in favour of the earliest.
         """
-        raise NotImplementedError
+        self._restored_at = now
+        ordered = sorted((r for r in open_outages if r.active),
+                         key=lambda r: (r.started_at, r.detected_at, r.id))
+        duplicates: list[OutageRecord] = []
+        services: list[OutageRecord] = []
+        for record in ordered:
+            if record.kind is OutageKind.PROBE and record.probe is not None:
+                probe = self._probe(record.probe)
+                if probe.outage is not None:
+                    duplicates.append(record)
+                    continue
+                if record.service:
+                    probe.service = record.service
+                    self._service_probes.setdefault(record.service, set()).add(probe.name)
+                for name in record.regions:
+                    probe.region(name).down_memory = True
+                probe.outage = _ProbeOutage(record, {(record.phase, record.reason): 1})
+            elif record.kind is OutageKind.SERVICE and record.service:
+                if record.service in self._services:
+                    duplicates.append(record)
+                    continue
+                services.append(record)
+                self._services[record.service] = _SideRecord(record, restored=True)
+            elif record.kind is OutageKind.REGION_ISOLATED and record.region:
+                if record.region in self._isolated:
+                    duplicates.append(record)
+                    continue
+                self._isolated[record.region] = _SideRecord(record, restored=True)
+            elif record.kind is OutageKind.MONITORING_DEGRADED:
+                if self._degraded is not None:
+                    duplicates.append(record)
+                    continue
+                self._degraded = _SideRecord(record, restored=True)
+            else:
+                duplicates.append(record)  # malformed: names nothing it could be about
+        for record in duplicates:
+            self._emit_outage(OutageEvent.RESOLVED, dataclasses.replace(record, ended_at=now), now)
+        for record in services:
+            assert record.service is not None
+            known = self._service_probes.setdefault(record.service, set())
+            known.update(record.probes)
+            for name in record.probes:
+                self._probe(name).service = record.service
+            self._reconcile_service(record.service, now)
 
     def agent_connected(self, agent_id: str, region: str, labels: Mapping[str, str],
                         interval_s: float, now: float) -> None:
-        """An agent's stream said hello (or said it again after a reconnect)."""
-        raise NotImplementedError
+        """An agent's stream said hello (or said it again after a reconnect).
 
-    def agent_disconnected(self, agent_id: str, now: float) -> None:
+        A reconnect does not clear staleness (results do). An agent that comes back in
+        another region takes its pairs along. `interval_s` <= 0 is taken as 1 s.
+        """
+        interval_s = interval_s if interval_s > 0 else 1.0
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            agent = self._agents[agent_id] = _Agent(agent_id, region, labels, interval_s, now)
+            self._agents_by_region.setdefault(region, []).append(agent)
+            self._reconcile_degraded(now)
+            self._reconcile_isolation(region, now)
+            return
+        agent.connected = True
+        agent.interval_s = interval_s
+        agent.labels = dict(labels)
+        agent.network = agent.labels.get("network") or f"agent:{agent_id}"
+        if agent.region != region:
+            self._move_agent(agent, region, now)
+        else:
+            self._reconcile_isolation(region, now)
+
+    def agent_disconnected(self, agent_id: str, now: float) -> None:  # noqa: ARG002 - contract
         """The agent's stream ended: connected=false now; its verdicts count until stale."""
-        raise NotImplementedError
+        agent = self._agents.get(agent_id)
+        if agent is not None:
+            agent.connected = False
 
     def apply(self, agent_id: str, results: Iterable[ResultLike], now: float) -> int:
         """Apply a batch of one connected agent's results (already deduplicated).
 
         Returns the number applied. The hot path: most results change nothing but the
-        pair's latest sample and must cost a few microseconds.
+        pair's latest sample and must cost a few microseconds. Raises ValueError for an
+        agent that never said hello (the ingest calls `agent_connected` first).
         """
-        raise NotImplementedError
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            raise ValueError(f"apply: agent {agent_id!r} never said hello")
+        if agent.stale:
+            results = list(results)
+            if results:
+                self._revive(agent, now)
+        pairs = agent.pairs
+        details_of = self._details_of
+        applied = 0
+        for result in results:
+            applied += 1
+            pair = pairs.get(result.probe)
+            if pair is None:
+                pair = self._new_pair(agent, result, now)
+            pair.at = now
+            pair.duration_seconds = result.duration_seconds
+            pair.status_code = result.status_code
+            pair.interval_ms = result.interval_ms
+            if details_of is not None:
+                pair.details = details_of(result)
+            if result.success:
+                pair.success = True
+                if pair.verdict == _UP and pair.fresh and not pair.region_state.down_memory:
+                    continue  # nothing but the sample changed
+                self._on_success(pair, result, now)
+            else:
+                pair.success = False
+                self._on_failure(pair, result, now)
+        if applied:
+            agent.last_seen = agent.last_heard = now
+            if agent.first_result_at is None:
+                agent.first_result_at = now
+        return applied
 
     def tick(self, now: float) -> None:
         """Time passes: staleness, impairment re-checks, flapping decay, degraded state."""
-        raise NotImplementedError
+        stale_after = self._params.stale_after_intervals
+        for agent in list(self._agents.values()):
+            if not agent.stale and now - agent.last_heard >= stale_after * agent.interval_s:
+                self._mark_stale(agent, now)
+        for agent in list(self._agents.values()):
+            if not agent.stale and now >= agent.next_scan:
+                agent.next_scan = now + agent.interval_s
+                self._expire_pairs(agent, now)
+        for agent_id in sorted(self._suspects):
+            agent = self._agents[agent_id]
+            if not agent.stale:
+                self._check_impairment(agent, now)
+        for name in sorted(self._flap_watch):
+            self._decay_flapping(self._probes[name], now)
+        for region in sorted(self._isolated):
+            self._reconcile_isolation(region, now)
+        self._reconcile_degraded(now)
 
     def take_transitions(self) -> list[Transition]:
         """Everything that changed since the last call, in order; clears the list."""
-        raise NotImplementedError
+        taken = self._transitions
+        self._transitions = []
+        return taken
 
     # -- read side (API, metrics, demo) ---------------------------------------------------
 
     def targets(self) -> list[TargetView]:
         """Every probe's fleet-wide view, sorted by probe name."""
-        raise NotImplementedError
+        return [self._probes[name].view() for name in sorted(self._probes)]
+
+    def target(self, probe: str) -> TargetView | None:
+        """One probe's fleet-wide view, or None for a probe never seen."""
+        found = self._probes.get(probe)
+        return None if found is None else found.view()
 
     def agents(self) -> list[AgentView]:
         """Every agent ever seen, sorted by id."""
-        raise NotImplementedError
+        return [self._agents[agent_id].view() for agent_id in sorted(self._agents)]
 
     def open_outages(self) -> list[OutageRecord]:
-        """Open outage records of every kind."""
-        raise NotImplementedError
+        """Open outage records of every kind, oldest detection first."""
+        records = [p.outage.record for p in self._probes.values() if p.outage is not None]
+        records.extend(side.record for side in self._services.values())
+        records.extend(side.record for side in self._isolated.values())
+        if self._degraded is not None:
+            records.append(self._degraded.record)
+        records.sort(key=lambda r: (r.detected_at, r.id))
+        return records
 
     def region_verdicts(self, probe: str) -> Mapping[str, RegionVerdict]:
-        """One probe's verdict per region (unknown included)."""
-        raise NotImplementedError
+        """One probe's verdict per region (unknown included); empty for a probe never seen."""
+        found = self._probes.get(probe)
+        if found is None:
+            return {}
+        return {name: found.regions[name].verdict for name in sorted(found.regions)}
 
     def samples(self) -> Iterator[PairSample]:
-        """Latest sample of every (agent, probe) pair, for probe_success and friends."""
-        raise NotImplementedError
+        """Latest sample of every (agent, probe) pair, for probe_success and friends.
+
+        The samples are live: read them while iterating, do not keep or change them.
+        """
+        for agent in self._agents.values():
+            yield from agent.pairs.values()
 
     def isolated_regions(self) -> frozenset[str]:
         """Regions whose every agent (at least 2, distinct networks) is impaired."""
-        raise NotImplementedError
+        return frozenset(self._isolated)
 
     def flapping_probes(self) -> frozenset[str]:
         """Probes currently flapping."""
-        raise NotImplementedError
+        return frozenset(name for name, probe in self._probes.items() if probe.flapping)
 
     @property
     def monitoring_degraded(self) -> bool:
         """True while more than half of all agents are stale or impaired."""
-        raise NotImplementedError
+        return self._degraded is not None
+
+    # -- pairs -----------------------------------------------------------------------------
+
+    def _probe(self, name: str) -> _Probe:
+        found = self._probes.get(name)
+        if found is None:
+            found = self._probes[name] = _Probe(name)
+        return found
+
+    def _new_pair(self, agent: _Agent, result: ResultLike, now: float) -> _Pair:
+        probe = self._probe(result.probe)
+        target, kind = result.target, result.kind
+        pair = _Pair(agent, probe, target, kind, now)
+        agent.pairs[probe.name] = pair
+        pair.region_state.pairs.append(pair)
+        self._note_identity(probe, pair, result, now)
+        return pair
+
+    def _note_identity(self, probe: _Probe, pair: _Pair, result: ResultLike, now: float) -> None:
+        """Keep the probe's target/kind/service current (read on the slow path only)."""
+        target, kind, service = result.target, result.kind, result.service or None
+        changed = False
+        if target != probe.target or kind != probe.kind:
+            probe.target, probe.kind = target, kind
+            changed = True
+        # A probe in outage keeps its service: the service record is built on it.
+        if service != probe.service and (service is not None or probe.outage is None):
+            if probe.service is not None:
+                self._service_probes.get(probe.service, set()).discard(probe.name)
+            probe.service = service
+            if service is not None:
+                self._service_probes.setdefault(service, set()).add(probe.name)
+            changed = True
+        # Share the probe's strings when equal: one copy per probe, not per pair.
+        pair.target = probe.target if target == probe.target else target
+        pair.kind = probe.kind if kind == probe.kind else kind
+        if changed:
+            self._transitions.append(TargetChange(probe.view(), now))
+
+    def _on_success(self, pair: _Pair, result: ResultLike, now: float) -> None:
+        """Slow path of a success: the verdict becomes (or stays) up."""
+        self._note_identity(pair.probe_state, pair, result, now)
+        agent = pair.agent_state
+        counts_changed = self._set_pair(pair, _UP, fresh=True)
+        pair.streak = 0
+        pair.first_fail_ms = 0
+        if counts_changed or agent.id in self._suspects:
+            self._check_impairment(agent, now, skip=pair.probe_state)
+        self._evaluate(pair.probe_state, now,
+                       trigger=pair.region_state if agent.counted else None)
+
+    def _on_failure(self, pair: _Pair, result: ResultLike, now: float) -> None:
+        """A failure: pending (unconfirmed) or down (confirmed); counted for an open outage."""
+        probe = pair.probe_state
+        phase, reason = result.failed_phase, result.reason
+        pair.fail_phase, pair.fail_reason = phase, reason
+        if pair.first_fail_ms == 0:
+            stamp = result.timestamp_ms
+            pair.first_fail_ms = stamp if stamp > 0 else -1
+            pair.first_fail_at = now
+        if result.target != probe.target or result.kind != probe.kind:
+            self._note_identity(probe, pair, result, now)
+        outage = probe.outage
+        if (outage is not None and pair.region_state.verdict is _V_DOWN
+                and pair.agent_state.counted):
+            self._count_failure(probe, outage, (phase_name(phase), reason or None), now)
+        agent = pair.agent_state
+        if result.confirmed:
+            old_verdict = pair.verdict
+            counts_changed = self._set_pair(pair, _DOWN, fresh=True)
+            pair.streak += 1
+            if not (counts_changed or old_verdict != _DOWN or pair.streak == 2
+                    or agent.id in self._suspects):
+                return
+        else:
+            counts_changed = self._set_pair(pair, pair.verdict, fresh=True)
+            if not counts_changed:
+                return  # pending: the verdict stands
+        if counts_changed or agent.id in self._suspects:
+            self._check_impairment(agent, now, skip=probe)
+        self._evaluate(probe, now)
+
+    def _set_pair(self, pair: _Pair, verdict: int, *, fresh: bool) -> bool:
+        """Set a pair's verdict and freshness; keep the agent's counts. True if they changed."""
+        was_counted = pair.fresh and pair.verdict != _NO_VERDICT
+        was_down = pair.fresh and pair.verdict == _DOWN
+        pair.verdict = verdict
+        pair.fresh = fresh
+        counted = fresh and verdict != _NO_VERDICT
+        down = fresh and verdict == _DOWN
+        if counted == was_counted and down == was_down:
+            return False
+        agent = pair.agent_state
+        agent.n_fresh += int(counted) - int(was_counted)
+        agent.n_down += int(down) - int(was_down)
+        return True
+
+    def _expire_pairs(self, agent: _Agent, now: float) -> None:
+        """Pairs whose last result is older than stale_after_intervals x the probe interval."""
+        stale_after = self._params.stale_after_intervals
+        expired: list[_Probe] = []
+        for pair in agent.pairs.values():
+            if not pair.fresh:
+                continue
+            interval_s = pair.interval_ms / 1000 if pair.interval_ms > 0 else agent.interval_s
+            if now - pair.at >= stale_after * interval_s:
+                self._set_pair(pair, pair.verdict, fresh=False)
+                expired.append(pair.probe_state)
+        if expired:
+            self._check_impairment(agent, now)
+            for probe in expired:
+                self._evaluate(probe, now)
+
+    # -- agents ----------------------------------------------------------------------------
+
+    def _check_impairment(self, agent: _Agent, now: float, skip: _Probe | None = None) -> None:
+        """Impairment rule; on a change, re-evaluate the agent's probes (but `skip`)."""
+        params = self._params
+        if agent.stale:
+            return
+        if agent.impaired:
+            # An agent with no fresh verdict keeps its flag until it says otherwise.
+            if agent.n_fresh and agent.n_down < params.impaired_ratio * agent.n_fresh:
+                self._set_impaired(agent, impaired=False, now=now, skip=skip)
+            return
+        if (agent.n_down < params.impaired_min_probes
+                or agent.n_down < params.impaired_ratio * agent.n_fresh):
+            self._suspects.discard(agent.id)
+            return
+        seen_up = 0
+        for pair in agent.pairs.values():
+            if pair.fresh and pair.verdict == _DOWN:
+                for region in pair.probe_state.regions.values():
+                    if region.verdict is _V_UP and region.name != agent.region:
+                        seen_up += 1
+                        break
+                if seen_up >= params.impaired_min_probes:
+                    self._suspects.discard(agent.id)
+                    self._set_impaired(agent, impaired=True, now=now, skip=skip)
+                    return
+        self._suspects.add(agent.id)
+
+    def _set_impaired(self, agent: _Agent, *, impaired: bool, now: float,
+                      skip: _Probe | None) -> None:
+        agent.set_flags(impaired=impaired)
+        self._agent_changed(agent, now, skip=skip)
+
+    def _mark_stale(self, agent: _Agent, now: float) -> None:
+        agent.set_flags(stale=True)
+        self._suspects.discard(agent.id)
+        self._agent_changed(agent, now)
+
+    def _revive(self, agent: _Agent, now: float) -> None:
+        """Results from a stale agent: it counts again (with its still-fresh verdicts)."""
+        agent.set_flags(stale=False)
+        agent.next_scan = now + agent.interval_s
+        stale_after = self._params.stale_after_intervals
+        for pair in agent.pairs.values():
+            interval_s = pair.interval_ms / 1000 if pair.interval_ms > 0 else agent.interval_s
+            if pair.fresh and now - pair.at >= stale_after * interval_s:
+                self._set_pair(pair, pair.verdict, fresh=False)
+        was_impaired = agent.impaired
+        self._check_impairment(agent, now)  # on a flip, this re-evaluates everything itself
+        if not was_impaired and not agent.impaired:
+            self._agent_changed(agent, now)
+
+    def _agent_changed(self, agent: _Agent, now: float, skip: _Probe | None = None) -> None:
+        """Staleness or impairment changed: re-derive what depends on it.
+
+        Degraded first (it gates new outages), then the region's isolation, then every probe
+        the agent reports on.
+        """
+        self._reconcile_degraded(now)
+        self._reconcile_isolation(agent.region, now)
+        for pair in list(agent.pairs.values()):
+            if pair.probe_state is not skip and pair.fresh and pair.verdict != _NO_VERDICT:
+                self._evaluate(pair.probe_state, now)
+
+    def _move_agent(self, agent: _Agent, region: str, now: float) -> None:
+        old_region = agent.region
+        self._agents_by_region[old_region].remove(agent)
+        self._agents_by_region.setdefault(region, []).append(agent)
+        agent.region = region
+        for pair in agent.pairs.values():
+            pair.region_state.pairs.remove(pair)
+            pair.region_state = pair.probe_state.region(region)
+            pair.region_state.pairs.append(pair)
+            pair.region = region
+        self._reconcile_isolation(old_region, now)
+        self._reconcile_isolation(region, now)
+        for pair in list(agent.pairs.values()):
+            self._evaluate(pair.probe_state, now)
+
+    # -- regions and probes ----------------------------------------------------------------
+
+    def _evaluate(self, probe: _Probe, now: float, trigger: _RegionState | None = None) -> None:
+        """Region verdicts, then the probe's state, then its outage record.
+
+        `trigger` is the region whose counted agent just sent an up result: only such an
+        evaluation counts towards a down region's recovery.
+        """
+        params = self._params
+        regions = probe.regions.values()
+        raw_down = 0
+        for region in regions:
+            eligible = down = streak = 0
+            for pair in region.pairs:
+                if pair.verdict and pair.fresh and pair.agent_state.counted:
+                    eligible += 1
+                    if pair.verdict == _DOWN:
+                        down += 1
+                        streak = pair.streak
+            if eligible == 0:
+                region.raw = _V_UNKNOWN
+            elif 2 * down > eligible:
+                region.raw = _V_DOWN
+                region.weak = eligible == 1 and streak < 2
+                raw_down += 1
+            else:
+                region.raw = _V_UP
+        changed = False
+        for region in regions:
+            raw = region.raw
+            if raw is _V_DOWN and region.weak and raw_down < 2:
+                raw = _V_UP  # a lone agent's single confirmed failure, seen nowhere else
+            if raw is _V_DOWN:
+                region.down_memory = True
+                region.up_streak = 0
+                verdict = _V_DOWN
+            elif raw is _V_UP:
+                verdict = _V_UP
+                if region.down_memory:
+                    if region is trigger:
+                        region.up_streak += 1
+                    if region.up_streak >= params.recover_after:
+                        region.down_memory = False
+                        region.up_streak = 0
+                    else:
+                        verdict = _V_DOWN
+            else:
+                region.up_streak = 0
+                verdict = _V_UNKNOWN
+            if verdict is not region.verdict:
+                region.verdict = verdict
+                changed = True
+        state = target_state((r.verdict for r in regions), params)
+        if state is not probe.state:
+            probe.state = state
+            changed = True
+            self._note_state_change(probe, state, now)
+        if changed:
+            self._transitions.append(TargetChange(probe.view(), now))
+        self._reconcile_outage(probe, now, changed=changed)
+
+    def _note_state_change(self, probe: _Probe, state: TargetState, now: float) -> None:
+        """Flapping: count changes among up/regional/global inside the window."""
+        if state is TargetState.UNKNOWN:
+            return
+        previous, probe.last_stable = probe.last_stable, state
+        if previous is None or previous is state:
+            return
+        params = self._params
+        changes = probe.changes
+        changes.append(now)
+        while changes and changes[0] <= now - params.flap_window_s:
+            changes.popleft()
+        self._flap_watch.add(probe.name)
+        if not probe.flapping and len(changes) > params.flap_max_changes:
+            probe.flapping = True  # the caller emits the TargetChange carrying the flag
+
+    def _decay_flapping(self, probe: _Probe, now: float) -> None:
+        params = self._params
+        changes = probe.changes
+        while changes and changes[0] <= now - params.flap_window_s:
+            changes.popleft()
+        if probe.flapping and len(changes) <= params.flap_max_changes // 2:
+            probe.flapping = False
+            self._transitions.append(TargetChange(probe.view(), now))
+            self._reconcile_outage(probe, now, changed=False)
+        if not changes and not probe.flapping:
+            self._flap_watch.discard(probe.name)
+
+    # -- probe outages -----------------------------------------------------------------------
+
+    def _reconcile_outage(self, probe: _Probe, now: float, *, changed: bool) -> None:
+        """Open, update or resolve the probe's record to match its state.
+
+        Unknown leaves an open record alone (no evidence either way); up resolves it unless
+        the probe is flapping; no new record opens while monitoring is degraded.
+        """
+        state = probe.state
+        outage = probe.outage
+        if state in _OUTAGE_STATES:
+            if outage is None:
+                if self._degraded is None:
+                    self._open_probe_outage(probe, now)
+            elif changed:
+                self._update_probe_outage(probe, outage, now)
+        elif state is TargetState.UP and outage is not None and not probe.flapping:
+            probe.outage = None
+            record = dataclasses.replace(outage.record, ended_at=now)
+            self._emit_outage(OutageEvent.RESOLVED, record, now)
+            if record.service:
+                self._reconcile_service(record.service, now)
+
+    def _failing_pairs(self, probe: _Probe) -> Iterator[_Pair]:
+        """Counted agents in a failing streak, in the probe's down regions."""
+        for region in probe.regions.values():
+            if region.verdict is _V_DOWN:
+                for pair in region.pairs:
+                    if pair.first_fail_ms and pair.fresh and pair.agent_state.counted:
+                        yield pair
+
+    def _first_failure_s(self, pair: _Pair) -> float:
+        """When the pair's failing streak began: agent clock unless that clock is off."""
+        if pair.first_fail_ms > 0:
+            agent_s = pair.first_fail_ms / 1000
+            interval_s = (pair.interval_ms / 1000 if pair.interval_ms > 0
+                          else pair.agent_state.interval_s)
+            trust = max(_CLOCK_TRUST_S, self._params.stale_after_intervals * interval_s)
+            if abs(agent_s - pair.first_fail_at) <= trust:
+                return agent_s
+        return pair.first_fail_at
+
+    def _open_probe_outage(self, probe: _Probe, now: float) -> None:
+        counts: dict[_FailureKey, int] = {}
+        started = now
+        for pair in self._failing_pairs(probe):
+            key = (phase_name(pair.fail_phase), pair.fail_reason or None)
+            counts[key] = counts.get(key, 0) + 1
+            started = min(started, self._first_failure_s(pair))
+        scope = Scope.GLOBAL if probe.state is TargetState.GLOBAL_OUTAGE else Scope.REGIONAL
+        down = tuple(sorted(r.name for r in probe.regions.values() if r.verdict is _V_DOWN))
+        outage = _ProbeOutage(
+            OutageRecord(
+                id=self._new_id(),
+                kind=OutageKind.PROBE,
+                probe=probe.name,
+                service=probe.service,
+                region=None,
+                probes=(),
+                scope=scope,
+                peak_scope=scope,
+                regions=down,
+                regions_ever=down,
+                phase=None,
+                reason=None,
+                started_at=started,
+                detected_at=now,
+            ),
+            counts,
+        )
+        outage.record = dataclasses.replace(outage.record, phase=outage.top[0],
+                                             reason=outage.top[1])
+        probe.outage = outage
+        self._emit_outage(OutageEvent.OPENED, outage.record, now)
+        if probe.service:
+            self._reconcile_service(probe.service, now)
+
+    def _update_probe_outage(self, probe: _Probe, outage: _ProbeOutage, now: float) -> None:
+        if probe.state not in _OUTAGE_STATES:
+            return  # up (held open while flapping) or unknown: keep what it last showed
+        old = outage.record
+        scope = Scope.GLOBAL if probe.state is TargetState.GLOBAL_OUTAGE else Scope.REGIONAL
+        down = tuple(sorted(r.name for r in probe.regions.values() if r.verdict is _V_DOWN))
+        record = dataclasses.replace(
+            old,
+            scope=scope,
+            peak_scope=Scope.GLOBAL if Scope.GLOBAL in (scope, old.peak_scope) else scope,
+            regions=down,
+            regions_ever=tuple(sorted(set(old.regions_ever).union(down))),
+            phase=outage.top[0],
+            reason=outage.top[1],
+        )
+        if record == old:
+            return
+        outage.record = record
+        event = OutageEvent.SCOPE_CHANGED if scope is not old.scope else OutageEvent.UPDATED
+        self._emit_outage(event, record, now)
+        if record.service:
+            self._reconcile_service(record.service, now)
+
+    def _count_failure(self, probe: _Probe, outage: _ProbeOutage, key: _FailureKey,
+                       now: float) -> None:
+        counts = outage.counts
+        count = counts[key] = counts.get(key, 0) + 1
+        if key != outage.top and count > counts.get(outage.top, 0):
+            outage.top = key
+            self._update_probe_outage(probe, outage, now)
+
+    # -- side records: service, region_isolated, monitoring_degraded ----------------------
+
+    def _reconcile_service(self, service: str, now: float) -> None:
+        """Open, extend, update or resolve the service record from its probes' records."""
+        names = self._service_probes.get(service, set())
+        in_outage = sorted(n for n in names if self._probe(n).outage is not None)
+        side = self._services.get(service)
+        if side is None and len(in_outage) < self._params.service_min_probes:
+            return
+        members = sorted(set(in_outage).union(side.record.probes if side else ()))
+        open_records = [outage.record for n in members
+                        if (outage := self._probe(n).outage) is not None]
+        if not open_records:
+            assert side is not None
+            del self._services[service]
+            ended = dataclasses.replace(side.record, ended_at=now)
+            self._emit_outage(OutageEvent.RESOLVED, ended, now)
+            return
+        scope = (Scope.GLOBAL if any(r.scope is Scope.GLOBAL for r in open_records)
+                 else Scope.REGIONAL)
+        regions = tuple(sorted({name for r in open_records for name in r.regions}))
+        failures: dict[_FailureKey, int] = {}
+        for r in open_records:
+            failures[r.phase, r.reason] = failures.get((r.phase, r.reason), 0) + 1
+        phase, reason = max(failures, key=failures.__getitem__)
+        if side is None:
+            record = OutageRecord(
+                id=self._new_id(),
+                kind=OutageKind.SERVICE,
+                probe=None,
+                service=service,
+                region=None,
+                probes=tuple(members),
+                scope=scope,
+                peak_scope=scope,
+                regions=regions,
+                regions_ever=tuple(sorted({n for r in open_records for n in r.regions_ever})),
+                phase=phase,
+                reason=reason,
+                started_at=min(*(r.started_at for r in open_records), now),
+                detected_at=now,
+            )
+            self._services[service] = _SideRecord(record)
+            self._emit_outage(OutageEvent.OPENED, record, now)
+            return
+        old = side.record
+        record = dataclasses.replace(
+            old,
+            probes=tuple(members),
+            scope=scope,
+            peak_scope=Scope.GLOBAL if Scope.GLOBAL in (scope, old.peak_scope) else scope,
+            regions=regions,
+            regions_ever=tuple(sorted(set(old.regions_ever).union(regions))),
+            phase=phase,
+            reason=reason,
+        )
+        if record != old:
+            side.record = record
+            event = OutageEvent.SCOPE_CHANGED if scope is not old.scope else OutageEvent.UPDATED
+            self._emit_outage(event, record, now)
+
+    def _isolation_holds(self, region: str) -> bool:
+        """Every agent of the region impaired, at least 2 of them, on at least 2 networks.
+
+        Agents that are stale and not impaired, or have not reported yet, are left aside.
+        """
+        members = [a for a in self._agents_by_region.get(region, ())
+                   if a.impaired or (not a.stale and a.first_result_at is not None)]
+        return (len(members) >= 2 and all(a.impaired for a in members)
+                and len({a.network for a in members}) >= 2)
+
+    def _settled(self, agent: _Agent, now: float) -> bool:
+        """The agent has reported for a full staleness window since the restart."""
+        started = agent.first_result_at
+        window = self._params.stale_after_intervals * agent.interval_s
+        return started is not None and not agent.stale and now - started >= window
+
+    def _reconcile_isolation(self, region: str, now: float) -> None:
+        side = self._isolated.get(region)
+        if self._isolation_holds(region):
+            if side is None:
+                record = OutageRecord(
+                    id=self._new_id(),
+                    kind=OutageKind.REGION_ISOLATED,
+                    probe=None,
+                    service=None,
+                    region=region,
+                    probes=(),
+                    scope=Scope.REGIONAL,
+                    peak_scope=Scope.REGIONAL,
+                    regions=(region,),
+                    regions_ever=(region,),
+                    phase=None,
+                    reason=None,
+                    started_at=now,
+                    detected_at=now,
+                )
+                self._isolated[region] = _SideRecord(record)
+                self._emit_outage(OutageEvent.OPENED, record, now)
+            else:
+                side.restored = False
+            return
+        if side is None:
+            return
+        if side.restored and not any(
+                not a.impaired and self._settled(a, now)
+                for a in self._agents_by_region.get(region, ())):
+            return  # adopted after a restart: wait for an agent of the region to vouch
+        del self._isolated[region]
+        self._emit_outage(OutageEvent.RESOLVED, dataclasses.replace(side.record, ended_at=now),
+                          now)
+
+    def _reconcile_degraded(self, now: float) -> None:
+        agents = self._agents.values()
+        troubled = [a for a in agents if a.stale or a.impaired]
+        holds = bool(agents) and len(troubled) > self._params.degraded_ratio * len(agents)
+        side = self._degraded
+        regions = tuple(sorted({a.region for a in troubled}))
+        if holds:
+            if side is None:
+                record = OutageRecord(
+                    id=self._new_id(),
+                    kind=OutageKind.MONITORING_DEGRADED,
+                    probe=None,
+                    service=None,
+                    region=None,
+                    probes=(),
+                    scope=Scope.GLOBAL,
+                    peak_scope=Scope.GLOBAL,
+                    regions=regions,
+                    regions_ever=regions,
+                    phase=None,
+                    reason=None,
+                    started_at=now,
+                    detected_at=now,
+                )
+                self._degraded = _SideRecord(record)
+                self._emit_outage(OutageEvent.OPENED, record, now)
+                return
+            side.restored = False
+            old = side.record
+            record = dataclasses.replace(
+                old, regions=regions,
+                regions_ever=tuple(sorted(set(old.regions_ever).union(regions))))
+            if record != old:
+                side.record = record
+                self._emit_outage(OutageEvent.UPDATED, record, now)
+            return
+        if side is None:
+            return
+        if side.restored:
+            # Adopted after a restart: wait until agents have had a staleness window to show.
+            if not agents or self._restored_at is None:
+                return
+            window = self._params.stale_after_intervals * max(a.interval_s for a in agents)
+            if now - self._restored_at < window:
+                return
+        self._degraded = None
+        self._emit_outage(OutageEvent.RESOLVED, dataclasses.replace(side.record, ended_at=now),
+                          now)
+        # Outages that were held back open now if their evidence still holds.
+        for name in sorted(self._probes):
+            self._reconcile_outage(self._probes[name], now, changed=False)
+
+    def _emit_outage(self, event: OutageEvent, record: OutageRecord, now: float) -> None:
+        self._transitions.append(OutageTransition(event, record, now))

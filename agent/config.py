@@ -1,0 +1,680 @@
+"""The agent's `agent.yaml`, parsed once into frozen, typed objects (`load_config`).
+
+Shape (DESIGN.md "Configuration"); every key below is optional unless marked required:
+
+    agent: {id (required), region (required), labels, source_address}
+    collectors:                          # required, one or more
+      - {address (required, host:port), token_file, connect_timeout,
+         tls: {ca_file, cert_file, key_file, server_name, insecure_skip_verify}}
+    defaults: {interval: 30s, timeout: 5s, confirm_delay}
+    scheduler: {max_concurrent: 512, grace_period: 5s}
+    stream: {max_batch_results: 500, linger: 50ms, backoff_initial: 200ms, backoff_max: 10s}
+    buffer: {max_results: 100000}
+    metrics: {listen: 127.0.0.1:9465}    # optional self-metrics endpoint
+    probes:
+      - {name (required), service, kind (required), target (required), interval, timeout,
+         confirm_delay, all_addresses, labels, <kind>: {kind's own options}}
+
+Effective values: a probe's `interval`, `timeout` and `confirm_delay` are resolved from
+`defaults` when the probe does not set them, so `ProbeSpec.interval` etc. are always plain
+float seconds. `confirm_delay` (the wait before the re-probe that confirms a failure)
+defaults to the smaller of 1s and a tenth of the probe's interval. The options of the
+probe's own kind are always set (filled with their defaults when absent); the options of the
+other kinds are always None, and writing them is an error at that key. File paths are
+resolved against the config file's folder; their existence is checked when the agent
+starts, not here, so configs written for another host still pass `probenet check`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import dns.exception
+import dns.name
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from probenet.configfile import (
+    ConfigError,
+    CrossCheck,
+    Duration,
+    FrozenModel,
+    Path_,
+    format_duration,
+    load_model,
+    load_text,
+    resolve_path,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = [
+    "AgentConfig",
+    "AgentIdentity",
+    "BasicAuth",
+    "BufferSettings",
+    "CollectorTarget",
+    "CollectorTls",
+    "ConfigError",
+    "DnsOptions",
+    "GrpcOptions",
+    "HttpAuth",
+    "HttpOptions",
+    "IcmpOptions",
+    "MetricsSettings",
+    "ProbeDefaults",
+    "ProbeKind",
+    "ProbeSpec",
+    "SchedulerSettings",
+    "StreamSettings",
+    "TcpOptions",
+    "TlsClientOptions",
+    "TlsOptions",
+    "load_config",
+    "parse_config",
+    "split_host_port",
+]
+
+ProbeKind = Literal["http", "tcp", "dns", "icmp", "tls", "grpc"]
+KINDS: tuple[str, ...] = ("http", "tcp", "dns", "icmp", "tls", "grpc")
+IpFamily = Literal["ip4", "ip6"]
+DnsRecord = Literal["A", "AAAA", "CNAME", "MX", "NS", "TXT", "SOA", "PTR", "SRV", "CAA"]
+DnsRcode = Literal["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+                   "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE"]
+
+# Names end up in metric labels, MQTT topics (`{prefix}/state/{probe}`) and URLs: no `/`,
+# `+`, `#` or whitespace.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+_HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_STATUS = re.compile(r"[1-5](?:xx|[0-9]{2})")
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            f"invalid name {value!r}: use letters, digits and _ . : @ - "
+            "(starting with a letter or digit, at most 128 characters)")
+    return value
+
+
+def _check_labels(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        if not _LABEL_NAME.fullmatch(key):
+            raise ValueError(f"invalid label name {key!r}: use letters, digits and _")
+    return value
+
+
+def _check_ip(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+    return value
+
+
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+def _is_hostname(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    name = host.removesuffix(".")
+    return bool(name) and len(name) <= 253 and all(
+        _HOST_LABEL.fullmatch(label) for label in name.split("."))
+
+
+def _check_host(value: str) -> str:
+    if not _is_hostname(value):
+        raise ValueError(f"invalid host {value!r}: expected a host name or an IP address")
+    return value
+
+
+def split_host_port(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split `host:port`, `[v6]:port` (or a bare host with `default_port`); raise ValueError."""
+    host, sep, port_text = value, "", ""
+    if value.startswith("["):
+        close = value.find("]")
+        if close < 0:
+            raise ValueError(f"invalid address {value!r}: missing ']'")
+        host, rest = value[1:close], value[close + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"invalid address {value!r}: expected [host]:port")
+            sep, port_text = ":", rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            msg = f"invalid address {value!r}: {host!r} is not an IPv6 address"
+            raise ValueError(msg) from None
+    elif value.count(":") == 1:
+        host, sep, port_text = value.partition(":")
+    elif value.count(":") > 1:
+        if default_port is not None and _is_hostname(value):
+            return value, default_port  # a bare IPv6 address
+        raise ValueError(f"invalid address {value!r}: write an IPv6 address as [addr]:port")
+    if not sep:
+        if default_port is None:
+            raise ValueError(f"invalid address {value!r}: expected host:port")
+        port = default_port
+    else:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"invalid port {port_text!r} in {value!r}: expected 1-65535")
+        port = int(port_text)
+    if not _is_hostname(host):
+        raise ValueError(f"invalid host {host!r} in {value!r}")
+    return host, port
+
+
+def _check_host_port(value: str) -> str:
+    split_host_port(value)
+    return value
+
+
+def _check_listen(value: str) -> str:
+    """A listen address: like host:port, but port 0 (pick one) is allowed."""
+    if value.endswith(":0"):
+        split_host_port(value[:-2] + ":1")
+        return value
+    split_host_port(value)
+    return value
+
+
+def _check_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"}:
+        raise ValueError(f"invalid URL {value!r}: the scheme must be http or https")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"invalid URL {value!r}: bad port") from None
+    if port == 0:
+        raise ValueError(f"invalid URL {value!r}: bad port")
+    host = parts.hostname or ""
+    if not host or not _is_hostname(host):
+        raise ValueError(f"invalid URL {value!r}: missing or invalid host")
+    return value
+
+
+def _check_dns_name(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        return value  # a PTR target may be written as the address itself
+    try:
+        dns.name.from_text(value)
+    except dns.exception.DNSException as exc:
+        raise ValueError(f"invalid DNS name {value!r}: {exc}") from None
+    if not value.strip(". ") and value != ".":
+        raise ValueError(f"invalid DNS name {value!r}")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"must be greater than 0 (got {format_duration(value)})")
+    return value
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
+Regex = Annotated[str, AfterValidator(_check_regex)]
+HostPort = Annotated[str, AfterValidator(_check_host_port)]
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+
+
+class _PathModel(FrozenModel):
+    """A model whose `*_file` string fields are resolved against the config file's folder."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _resolve_files(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str) and info.field_name and info.field_name.endswith("_file"):
+            if not value:
+                raise ValueError("must not be empty")
+            return resolve_path(value, info.context)
+        return value
+
+
+# --------------------------------------------------------------------------- agent, collectors
+
+
+class AgentIdentity(FrozenModel):
+    """Who this agent is: its id (unique in the fleet), region, labels and source address."""
+
+    id: Name
+    region: Name
+    labels: Labels = Field(default_factory=dict)
+    # Bind every probe's sockets (HTTP, TCP, DNS, ...) to this local address.
+    source_address: Annotated[str, AfterValidator(_check_ip)] | None = None
+
+
+class CollectorTls(_PathModel):
+    """TLS towards a collector: the CA to trust, and a client certificate for mutual TLS."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> CollectorTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        return self
+
+
+class CollectorTarget(_PathModel):
+    """One collector to stream every result to."""
+
+    address: HostPort
+    tls: CollectorTls | None = None
+    token_file: str | None = None
+    connect_timeout: PositiveDuration = 5.0
+
+
+# --------------------------------------------------------------------------- probe options
+
+
+class TlsClientOptions(_PathModel):
+    """TLS client settings of a probe (http, grpc)."""
+
+    ca_file: str | None = None
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsClientOptions:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        return self
+
+
+class BasicAuth(_PathModel):
+    """HTTP basic authentication; the password is read from a file."""
+
+    username: str
+    password_file: str
+
+
+class HttpAuth(_PathModel):
+    """HTTP authentication: basic, or a bearer token read from a file (not both)."""
+
+    basic: BasicAuth | None = None
+    bearer_token_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> HttpAuth:
+        if self.basic is not None and self.bearer_token_file is not None:
+            raise ValueError("set either basic or bearer_token_file, not both")
+        return self
+
+
+def _check_status(value: str) -> str:
+    if not _STATUS.fullmatch(value):
+        raise ValueError(
+            f'invalid status {value!r}: write a class like "2xx" or a code like "301"')
+    return value
+
+
+def _check_method(value: str) -> str:
+    if not _HTTP_TOKEN.fullmatch(value):
+        raise ValueError(f"invalid HTTP method {value!r}")
+    return value.upper()
+
+
+class HttpOptions(FrozenModel):
+    """Options of an `http` probe."""
+
+    method: Annotated[str, AfterValidator(_check_method)] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = None
+    # Status classes ("2xx") or codes ("301"); the response must match one of them.
+    expect_status: list[Annotated[str, AfterValidator(_check_status)]] = Field(
+        default_factory=lambda: ["2xx", "3xx"], min_length=1)
+    body_regex: Regex | None = None
+    # The probe fails when the body matches any of these.
+    fail_if_body_matches: Annotated[list[Regex], BeforeValidator(_as_list)] = Field(
+        default_factory=list)
+    # Header name -> regex its value must match (a missing header fails).
+    expect_headers: dict[str, Regex] = Field(default_factory=dict)
+    follow_redirects: bool = True
+    max_redirects: int = Field(default=10, ge=0, le=100)
+    tls: TlsClientOptions | None = None
+    ip_family: IpFamily | None = None
+    auth: HttpAuth | None = None
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            if not _HTTP_TOKEN.fullmatch(key):
+                raise ValueError(f"invalid header name {key!r}")
+            if "\r" in text or "\n" in text:
+                raise ValueError(f"header {key!r}: line breaks are not allowed in a value")
+        return value
+
+    def status_matches(self, status: int) -> bool:
+        """Whether an HTTP status code satisfies `expect_status`."""
+        code = str(status)
+        return any(code == want or (want.endswith("xx") and code[0] == want[0])
+                   for want in self.expect_status)
+
+
+class TcpOptions(FrozenModel):
+    """Options of a `tcp` probe: success = connected (and, with `expect`, the line read)."""
+
+    send: str | None = None
+    expect: Regex | None = None
+    tls: bool = False
+    ip_family: IpFamily | None = None
+
+
+class DnsOptions(FrozenModel):
+    """Options of a `dns` probe: query `target` for `record` against `server`."""
+
+    # host[:port]; None = the system resolver (the first nameserver of /etc/resolv.conf).
+    server: str | None = None
+    record: DnsRecord = "A"
+    expect_rcode: DnsRcode = "NOERROR"
+    # Every listed answer must be present (compared as text, like `dig +short` prints them).
+    expect_answers: list[str] = Field(default_factory=list)
+    # At least one answer must match.
+    answer_regex: Regex | None = None
+    # udp falls back to tcp when the answer is truncated.
+    transport: Literal["udp", "tcp"] = "udp"
+    recursion_desired: bool = True
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value, default_port=53)
+        return value
+
+    @field_validator("record", "expect_rcode", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class IcmpOptions(FrozenModel):
+    """Options of an `icmp` probe: `count` echo requests `spacing` apart."""
+
+    count: int = Field(default=3, ge=1, le=100)
+    spacing: PositiveDuration = 0.2
+    max_loss: float = Field(default=0.0, ge=0.0, le=1.0)
+    ip_family: IpFamily | None = None
+    payload_bytes: int = Field(default=56, ge=0, le=65000)
+
+
+class TlsOptions(_PathModel):
+    """Options of a `tls` probe: handshake and certificate checks."""
+
+    server_name: str | None = None
+    ca_file: str | None = None
+    min_days_valid: int = Field(default=0, ge=0)
+    insecure_skip_verify: bool = False
+
+
+class GrpcOptions(FrozenModel):
+    """Options of a `grpc` probe: the standard health check of `service`."""
+
+    service: str = ""
+    tls: TlsClientOptions | None = None
+
+
+_OPTION_MODELS: dict[str, type[FrozenModel]] = {
+    "http": HttpOptions, "tcp": TcpOptions, "dns": DnsOptions,
+    "icmp": IcmpOptions, "tls": TlsOptions, "grpc": GrpcOptions,
+}
+
+
+# --------------------------------------------------------------------------- probes
+
+
+class ProbeSpec(FrozenModel):
+    """One probe definition, with interval, timeout and confirm_delay resolved (seconds)."""
+
+    name: Name
+    service: str = ""
+    kind: ProbeKind
+    target: str
+    # 0.0 until resolved from `defaults` by AgentConfig; always > 0 afterwards.
+    interval: PositiveDuration = 0.0
+    timeout: PositiveDuration = 0.0
+    confirm_delay: PositiveDuration = 0.0
+    all_addresses: bool = False
+    labels: Labels = Field(default_factory=dict)
+    http: HttpOptions | None = None
+    tcp: TcpOptions | None = None
+    dns: DnsOptions | None = None
+    icmp: IcmpOptions | None = None
+    tls: TlsOptions | None = None
+    grpc: GrpcOptions | None = None
+
+    # Which of interval/timeout/confirm_delay the file set on the probe itself.
+    _explicit: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str, info: ValidationInfo) -> str:
+        kind = info.data.get("kind")
+        if kind == "http":
+            return _check_url(value)
+        if kind in {"tcp", "tls", "grpc"}:
+            return _check_host_port(value)
+        if kind == "dns":
+            return _check_dns_name(value)
+        if kind == "icmp":
+            return _check_host(value)
+        return value
+
+    @field_validator("http", "tcp", "dns", "icmp", "tls", "grpc")
+    @classmethod
+    def _own_kind_only(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("kind")
+        if value is not None and kind is not None and kind != info.field_name:
+            raise ValueError(
+                f"{info.field_name} options do not apply to a {kind} probe "
+                f"(its options go under '{kind}:')")
+        return value
+
+    @field_validator("all_addresses")
+    @classmethod
+    def _all_addresses(cls, value: bool, info: ValidationInfo) -> bool:
+        kind = info.data.get("kind")
+        if value and kind is not None and kind not in {"http", "tcp"}:
+            raise ValueError(f"all_addresses applies to http and tcp probes, not {kind}")
+        return value
+
+    @model_validator(mode="after")
+    def _own_options(self) -> ProbeSpec:
+        if getattr(self, self.kind) is None:
+            object.__setattr__(self, self.kind, _OPTION_MODELS[self.kind]())
+        return self
+
+    @property
+    def options(self) -> Any:
+        """The options of this probe's own kind (never None)."""
+        return getattr(self, self.kind)
+
+    def same_probe(self, other: ProbeSpec) -> bool:
+        """Whether `other` defines exactly this probe (timing included)."""
+        return self.model_dump() == other.model_dump()
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class ProbeDefaults(FrozenModel):
+    """Values a probe takes when it does not set them itself."""
+
+    interval: PositiveDuration = 30.0
+    timeout: PositiveDuration = 5.0
+    # None: the smaller of 1s and a tenth of each probe's interval.
+    confirm_delay: PositiveDuration | None = None
+
+
+class SchedulerSettings(FrozenModel):
+    """How probes are run: concurrency bound and shutdown grace period."""
+
+    max_concurrent: int = Field(default=512, ge=1, le=100_000)
+    # On SIGTERM: how long to flush unacknowledged results before exiting.
+    grace_period: Duration = 5.0
+    # Confirm failures with a re-probe (turn off only for benchmarks).
+    confirm_failures: bool = True
+
+
+class StreamSettings(FrozenModel):
+    """Batching and reconnection of the result streams."""
+
+    max_batch_results: int = Field(default=500, ge=1, le=100_000)
+    # A batch waits at most this long for more results before it is sent.
+    linger: Duration = 0.05
+    backoff_initial: PositiveDuration = 0.2
+    backoff_max: PositiveDuration = 10.0
+    # A call with nothing heard back for this long is considered dead and reconnected.
+    ack_timeout: PositiveDuration = 30.0
+
+
+class BufferSettings(FrozenModel):
+    """The in-memory buffer of results not yet acknowledged by a collector."""
+
+    max_results: int = Field(default=100_000, ge=1, le=100_000_000)
+
+
+class MetricsSettings(FrozenModel):
+    """The agent's own Prometheus endpoint."""
+
+    listen: Annotated[str, AfterValidator(_check_listen)]
+
+
+class AgentConfig(FrozenModel):
+    """A whole agent.yaml."""
+
+    agent: AgentIdentity
+    collectors: list[CollectorTarget] = Field(min_length=1)
+    defaults: ProbeDefaults = Field(default_factory=ProbeDefaults)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+    buffer: BufferSettings = Field(default_factory=BufferSettings)
+    metrics: MetricsSettings | None = None
+    probes: list[ProbeSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _resolve_defaults(self) -> AgentConfig:
+        resolved = []
+        for probe in self.probes:
+            explicit = frozenset(
+                key for key in ("interval", "timeout", "confirm_delay")
+                if key in probe.model_fields_set)
+            interval = probe.interval if "interval" in explicit else self.defaults.interval
+            timeout = probe.timeout if "timeout" in explicit else self.defaults.timeout
+            if "confirm_delay" in explicit:
+                confirm_delay = probe.confirm_delay
+            elif self.defaults.confirm_delay is not None:
+                confirm_delay = self.defaults.confirm_delay
+            else:
+                confirm_delay = min(1.0, interval / 10)
+            copy = probe.model_copy(update={
+                "interval": interval, "timeout": timeout, "confirm_delay": confirm_delay})
+            copy._explicit = explicit  # noqa: SLF001 - our own model
+            resolved.append(copy)
+        object.__setattr__(self, "probes", resolved)
+        return self
+
+    def shortest_interval(self) -> float:
+        """The shortest probe interval (defaults.interval without probes), seconds."""
+        return min((p.interval for p in self.probes), default=self.defaults.interval)
+
+
+# --------------------------------------------------------------------------- cross checks
+
+
+def _unique_names(config: AgentConfig) -> list[tuple[Path_, str]]:
+    seen: dict[str, int] = {}
+    found: list[tuple[Path_, str]] = []
+    for index, probe in enumerate(config.probes):
+        if probe.name in seen:
+            first = seen[probe.name]
+            found.append((("probes", index, "name"),
+                          f"duplicate probe name {probe.name!r} (first at probes[{first}])"))
+        else:
+            seen[probe.name] = index
+    return found
+
+
+def _timeout_below_interval(config: AgentConfig) -> list[tuple[Path_, str]]:
+    found: list[tuple[Path_, str]] = []
+    for index, probe in enumerate(config.probes):
+        if probe.timeout < probe.interval:
+            continue
+        explicit = probe._explicit  # noqa: SLF001 - our own model
+        if "timeout" in explicit:
+            where: Path_ = ("probes", index, "timeout")
+        elif "interval" in explicit:
+            where = ("probes", index, "interval")
+        else:
+            where = ("defaults", "timeout")
+        found.append((where, (
+            f"probe {probe.name!r}: timeout ({format_duration(probe.timeout)}) must be "
+            f"shorter than the interval ({format_duration(probe.interval)})")))
+    if not found and config.defaults.timeout >= config.defaults.interval:
+        found.append((("defaults", "timeout"),
+                      (f"timeout ({format_duration(config.defaults.timeout)}) must be shorter "
+                       f"than the interval ({format_duration(config.defaults.interval)})")))
+    return found
+
+
+def _backoff_order(config: AgentConfig) -> list[tuple[Path_, str]]:
+    if config.stream.backoff_initial > config.stream.backoff_max:
+        return [(("stream", "backoff_initial"),
+                 "backoff_initial must not be longer than backoff_max")]
+    return []
+
+
+CHECKS: tuple[CrossCheck, ...] = (_unique_names, _timeout_below_interval, _backoff_order)
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and validate an agent.yaml; raise ConfigError with every `file:line:col` issue."""
+    return load_model(AgentConfig, path, checks=CHECKS)
+
+
+def parse_config(text: str, file: str = "<string>") -> AgentConfig:
+    """Validate agent.yaml text (tests, generated configs); same checks as `load_config`."""
+    return load_text(AgentConfig, text, file, checks=CHECKS)

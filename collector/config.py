@@ -1,0 +1,355 @@
+"""The collector's YAML config, parsed once into frozen models (DESIGN.md "Configuration").
+
+    listen: {grpc: 127.0.0.1:7070, http: 127.0.0.1:9464}
+    tls: {cert_file, key_file, client_ca_file}      # optional; client_ca_file = mutual TLS
+    insecure: false                                 # allow plaintext on non-loopback
+    agents: [{id, region, token_file, labels}]      # the registry; absent = accept any agent
+    classification: {global_ratio, min_regions, ...}
+    journal: {path: probenet.db}
+    mqtt: {url, topic_prefix, qos, ...}             # optional
+    limits: {max_message_bytes, max_batch_results, hello_timeout}
+    collector_id: <hostname>
+    tick: 1s
+    shutdown_grace: 5s
+
+Relative file paths are resolved against the config file's folder. Cross-field problems
+(duplicate agent ids, plaintext on a public address) are reported at the position of the key
+they are about.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+
+from collector.model import ClassificationParams
+from probenet.configfile import (
+    Duration,
+    FrozenModel,
+    Path_,
+    load_model,
+    load_text,
+    resolve_path,
+)
+
+MIB = 1024 * 1024
+_NAME_MAX = 128
+
+
+def _config_path(value: str, info: ValidationInfo) -> str:
+    if not value.strip():
+        raise ValueError("a file path must not be empty")
+    return resolve_path(value, info.context)
+
+
+def _existing_file(value: str, info: ValidationInfo) -> str:
+    path = _config_path(value, info)
+    if not Path(path).is_file():
+        raise ValueError(f"no such file: {path}")
+    return path
+
+
+ConfigPath = Annotated[str, AfterValidator(_config_path)]
+"""A path written in the config file, resolved against the file's folder."""
+
+ExistingFile = Annotated[str, AfterValidator(_existing_file)]
+"""A path that must name an existing file when the config is loaded."""
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split `host:port` or `[v6]:port`; raise ValueError naming what is wrong."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"{value!r} is not host:port (write IPv6 as [::1]:7070)")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:7070)")
+        if ":" in host:
+            raise ValueError(f"{value!r}: write an IPv6 address in brackets, like [::1]:7070")
+    if not host:
+        raise ValueError(f"{value!r} has no host (use 0.0.0.0 to listen on every address)")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r} has no valid port (0-65535)")
+    return host, int(port_text)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost`, 127.0.0.0/8 and ::1; false for every other name or address."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_port(value: str) -> str:
+    split_host_port(value)
+    return value.strip()
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+
+
+def _name(value: str) -> str:
+    if not value or len(value) > _NAME_MAX or not value.isprintable() or value != value.strip():
+        raise ValueError(
+            f"{value!r} is not a valid name (1-{_NAME_MAX} printable characters, "
+            "no surrounding spaces)")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+
+
+class ListenConfig(FrozenModel):
+    """Where the collector listens: gRPC for agents, HTTP for /metrics and the API."""
+
+    grpc: HostPort = "127.0.0.1:7070"
+    http: HostPort = "127.0.0.1:9464"
+
+
+class TlsConfig(FrozenModel):
+    """Server TLS for the gRPC listener; `client_ca_file` requires client certificates."""
+
+    cert_file: ExistingFile
+    key_file: ExistingFile
+    client_ca_file: ExistingFile | None = None
+
+
+class AgentEntry(FrozenModel):
+    """One registry entry: an agent's identity, its region and optional token."""
+
+    id: Name
+    region: Name
+    token_file: ExistingFile | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ClassificationConfig(FrozenModel):
+    """The thresholds of DESIGN.md's classification table."""
+
+    global_ratio: float = Field(0.8, gt=0.0, le=1.0)
+    min_regions: int = Field(2, ge=1)
+    recover_after: int = Field(2, ge=1)
+    stale_after_intervals: float = Field(3.0, gt=0.0)
+    impaired_ratio: float = Field(0.5, gt=0.0, le=1.0)
+    impaired_min_probes: int = Field(3, ge=1)
+    flap_max_changes: int = Field(4, ge=1)
+    flap_window: Duration = 1800.0
+    service_min_probes: int = Field(2, ge=1)
+    degraded_ratio: float = Field(0.5, gt=0.0, lt=1.0)
+
+    @field_validator("flap_window")
+    @classmethod
+    def _positive_window(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
+
+    def params(self) -> ClassificationParams:
+        """The classifier's parameters."""
+        return ClassificationParams(
+            global_ratio=self.global_ratio,
+            min_regions=self.min_regions,
+            recover_after=self.recover_after,
+            stale_after_intervals=self.stale_after_intervals,
+            impaired_ratio=self.impaired_ratio,
+            impaired_min_probes=self.impaired_min_probes,
+            flap_max_changes=self.flap_max_changes,
+            flap_window_s=self.flap_window,
+            service_min_probes=self.service_min_probes,
+            degraded_ratio=self.degraded_ratio,
+        )
+
+
+class JournalConfig(FrozenModel):
+    """The SQLite outage journal."""
+
+    # Validated even when defaulted, so the default lands next to the config file.
+    path: ConfigPath = Field("probenet.db", validate_default=True)
+
+
+class MqttTlsConfig(FrozenModel):
+    """TLS towards the MQTT broker."""
+
+    ca_file: ExistingFile | None = None
+    cert_file: ExistingFile | None = None
+    key_file: ExistingFile | None = None
+    insecure_skip_verify: bool = False
+
+
+class MqttConfig(FrozenModel):
+    """The optional MQTT event publisher (consumed by collector.events.MqttPublisher)."""
+
+    url: str
+    topic_prefix: str = "probenet"
+    qos: Literal[0, 1, 2] = 1
+    client_id: str | None = None
+    username: str | None = None
+    password_file: ExistingFile | None = None
+    tls: MqttTlsConfig | None = None
+    queue_size: int = Field(10000, ge=1)
+    keepalive: Duration = 60.0
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+            raise ValueError(f"{value!r} is not an MQTT URL like mqtt://127.0.0.1:1883 "
+                             "or mqtts://broker:8883")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"{value!r} has an invalid port") from exc
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        if not value or any(c in value for c in "+#\0") or value.startswith("/"):
+            raise ValueError(f"{value!r} is not a valid topic prefix (no +, #, leading /)")
+        return value.rstrip("/")
+
+    @field_validator("keepalive")
+    @classmethod
+    def _keepalive(cls, value: float) -> float:
+        if not 1.0 <= value <= 65535.0:
+            raise ValueError("must be between 1s and 65535s")
+        return value
+
+
+class LimitsConfig(FrozenModel):
+    """Limits the collector enforces on agents (sent to them in Welcome)."""
+
+    max_message_bytes: int = Field(4 * MIB, ge=64 * 1024, le=256 * MIB)
+    max_batch_results: int = Field(5000, ge=1, le=1_000_000)
+    hello_timeout: Duration = 10.0
+
+    @field_validator("hello_timeout")
+    @classmethod
+    def _hello_timeout(cls, value: float) -> float:
+        if not 0 < value <= 3600:
+            raise ValueError("must be between 0s and 1h")
+        return value
+
+
+def _positive(value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be longer than 0s")
+    return value
+
+
+class CollectorConfig(FrozenModel):
+    """A whole collector config file."""
+
+    listen: ListenConfig = Field(default_factory=ListenConfig)
+    tls: TlsConfig | None = None
+    insecure: bool = False
+    agents: list[AgentEntry] | None = None
+    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
+    journal: JournalConfig = Field(default_factory=JournalConfig)
+    mqtt: MqttConfig | None = None
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    collector_id: Name = Field(default_factory=socket.gethostname)
+    tick: Annotated[Duration, AfterValidator(_positive)] = 1.0
+    shutdown_grace: Annotated[Duration, AfterValidator(_positive)] = 5.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _journal_section(cls, data: Any) -> Any:
+        # An absent `journal` still resolves its default path against the file's folder.
+        if isinstance(data, dict) and "journal" not in data:
+            return {**data, "journal": {}}
+        return data
+
+    @property
+    def grpc_on_loopback(self) -> bool:
+        """True when the gRPC listener only accepts connections from this machine."""
+        return is_loopback_host(split_host_port(self.listen.grpc)[0])
+
+    def agent(self, agent_id: str) -> AgentEntry | None:
+        """The registry entry of `agent_id`, if any."""
+        for entry in self.agents or ():
+            if entry.id == agent_id:
+                return entry
+        return None
+
+
+def _check_unique_agents(config: CollectorConfig) -> list[tuple[Path_, str]]:
+    seen: dict[str, int] = {}
+    found: list[tuple[Path_, str]] = []
+    for i, entry in enumerate(config.agents or ()):
+        if entry.id in seen:
+            found.append((("agents", i, "id"),
+                          f"duplicate agent id {entry.id!r} (also agents[{seen[entry.id]}])"))
+        else:
+            seen[entry.id] = i
+    return found
+
+
+def _check_exposure(config: CollectorConfig) -> list[tuple[Path_, str]]:
+    if config.insecure or config.grpc_on_loopback:
+        return []
+    where: Path_ = ("listen", "grpc")
+    if config.tls is None:
+        tokens = " (agent tokens would travel in clear text)" if any(
+            a.token_file for a in config.agents or ()) else ""
+        return [(where, (f"listen.grpc {config.listen.grpc} is not a loopback address and "
+                        f"there is no tls section{tokens}: configure tls, or set "
+                        "`insecure: true` to accept plaintext"))]
+    if config.agents is None:
+        return [(where, (f"listen.grpc {config.listen.grpc} is not a loopback address and "
+                        "there is no agents registry: any agent could report for any region; "
+                        "list the agents, or set `insecure: true`"))]
+    return []
+
+
+def _check_mqtt_tls(config: CollectorConfig) -> list[tuple[Path_, str]]:
+    tls = config.mqtt.tls if config.mqtt else None
+    if tls is not None and (tls.cert_file is None) != (tls.key_file is None):
+        return [(("mqtt", "tls"), "mqtt.tls: cert_file and key_file go together")]
+    return []
+
+
+CHECKS = (_check_unique_agents, _check_exposure, _check_mqtt_tls)
+
+
+def load_config(path: str | Path) -> CollectorConfig:
+    """Load and validate a collector config file; raise ConfigError naming every problem."""
+    return load_model(CollectorConfig, path, checks=CHECKS)
+
+
+def parse_config(text: str, file: str = "<string>") -> CollectorConfig:
+    """Validate collector config YAML text (tests, generated configs)."""
+    return load_text(CollectorConfig, text, file, checks=CHECKS)
+
+
+def read_secret(path: str) -> str:
+    """A token or password file's content, without surrounding whitespace."""
+    return Path(path).read_text(encoding="utf-8").strip()
+
+
+def config_summary(config: CollectorConfig) -> dict[str, Any]:
+    """The fields worth logging at start (no secrets)."""
+    return {
+        "collector_id": config.collector_id,
+        "grpc": config.listen.grpc,
+        "http": config.listen.http,
+        "tls": config.tls is not None,
+        "mtls": bool(config.tls and config.tls.client_ca_file),
+        "registry": len(config.agents) if config.agents is not None else None,
+        "journal": config.journal.path,
+        "mqtt": config.mqtt.url if config.mqtt else None,
+    }

@@ -1,0 +1,442 @@
+"""The gRPC ingest: `probenet.v1.Ingest/Stream`, one bidirectional stream per agent.
+
+Per stream: read Hello (within `limits.hello_timeout`), authenticate it against the
+registry (bearer token, region, optional mTLS identity), answer Welcome with the highest
+seq already applied for the agent's epoch, then for each ResultBatch: validate, drop
+duplicates by (agent, epoch, seq), apply to the classifier, journal the transitions, publish
+them, and only then Ack. Messages are parsed here, once, from raw bytes, so that malformed
+input is counted and answered with a status instead of failing inside grpc.
+
+Rejections are counted by reason (`probenet_ingest_rejections_total{reason}`) and logged
+once per (agent, reason). Reasons:
+
+- stream level (the stream ends with a status): `no_hello`, `hello_timeout`, `bad_hello`,
+  `unknown_agent`, `missing_token`, `bad_token`, `wrong_region`, `identity_mismatch`,
+  `stale_epoch`, `malformed`, `empty_message`, `unexpected_hello`, `batch_too_large`,
+  `draining`;
+- result level (the result is dropped, acknowledged, and the stream goes on): `bad_seq`,
+  `seq_order`, `bad_probe`, `bad_kind`, `bad_duration`, `bad_phase`, `field_too_long`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from probenet.v1 import probenet_pb2 as pb
+
+from collector.config import AgentEntry, CollectorConfig, LimitsConfig, read_secret
+from collector.errors import StreamRejectedError
+from collector.model import PHASE_NAMES
+from probenet.version import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from collector.classify import Classifier
+    from collector.journal import TransitionCommitter
+    from collector.metrics import FailureCounts, IngestMetrics
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "probenet.v1.Ingest"
+METHOD_PATH = f"/{SERVICE_NAME}/Stream"
+KINDS = frozenset({"http", "tcp", "dns", "icmp", "tls", "grpc"})
+MAX_NAME = 128
+MAX_PROBE_NAME = 256
+MAX_TARGET = 2048
+MAX_REASON = 64
+MAX_LABELS = 64
+DEFAULT_INTERVAL_S = 30.0
+_PHASES = len(PHASE_NAMES)
+_INF = math.inf
+_S = grpc.StatusCode
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredAgent:
+    """One agent the registry knows: its region, token and extra labels."""
+
+    id: str
+    region: str
+    token: bytes | None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class AgentRegistry:
+    """Agent identity -> region and credentials, from the config's `agents` list."""
+
+    def __init__(self, agents: Mapping[str, RegisteredAgent]) -> None:
+        """Usually built with `from_entries`."""
+        self.agents = dict(agents)
+
+    @classmethod
+    def from_entries(cls, entries: list[AgentEntry]) -> AgentRegistry:
+        """Read every token file once."""
+        agents = {}
+        for entry in entries:
+            token = read_secret(entry.token_file).encode() if entry.token_file else None
+            agents[entry.id] = RegisteredAgent(entry.id, entry.region, token, entry.labels)
+        return cls(agents)
+
+    def get(self, agent_id: str) -> RegisteredAgent | None:
+        """The entry of `agent_id`, if registered."""
+        return self.agents.get(agent_id)
+
+
+class Watermark:
+    """An agent's applied position: every result of `epoch` with seq <= `seq` is applied."""
+
+    __slots__ = ("epoch", "seq")
+
+    def __init__(self, epoch: int, seq: int) -> None:
+        """Start at (epoch, seq)."""
+        self.epoch = epoch
+        self.seq = seq
+
+
+class _Session:
+    """One accepted agent stream."""
+
+    __slots__ = ("agent", "end_code", "end_message", "region", "task", "watermark")
+
+    def __init__(self, agent: str, region: str, watermark: Watermark,
+                 task: asyncio.Task[Any] | None) -> None:
+        self.agent = agent
+        self.region = region
+        self.watermark = watermark
+        self.task = task
+        self.end_code: grpc.StatusCode | None = None
+        self.end_message = ""
+
+    def end(self, code: grpc.StatusCode, message: str) -> None:
+        """End the stream from outside its handler: it answers with `code`."""
+        if self.end_code is None:
+            self.end_code = code
+            self.end_message = message
+            if self.task is not None:
+                self.task.cancel()
+
+
+def _bearer(metadata: Any) -> bytes | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip().encode()
+            return b""
+    return None
+
+
+def _valid_name(value: str, limit: int = MAX_NAME) -> bool:
+    return 0 < len(value) <= limit and value.isprintable() and value == value.strip()
+
+
+class IngestServicer:
+    """The `probenet.v1.Ingest` service: streams in, classifier and journal updated, acks out."""
+
+    def __init__(self, *, classifier: Classifier, committer: TransitionCommitter,
+                 metrics: IngestMetrics, failures: FailureCounts, limits: LimitsConfig,
+                 registry: AgentRegistry | None, collector_id: str,
+                 watermarks: Mapping[str, tuple[int, int]] | None = None,
+                 identity_check: bool = False,
+                 clock: Callable[[], float]) -> None:
+        """`watermarks` are the journal's, so deduplication continues after a restart."""
+        self._classifier = classifier
+        self._committer = committer
+        self._metrics = metrics
+        self._failures = failures
+        self._limits = limits
+        self._max_batch = limits.max_batch_results
+        self._registry = registry
+        self._collector_id = collector_id
+        self._identity_check = identity_check
+        self._clock = clock
+        self._watermarks = {agent: Watermark(epoch, seq)
+                            for agent, (epoch, seq) in (watermarks or {}).items()}
+        self._dirty: set[str] = set()
+        self._sessions: dict[str, _Session] = {}
+        self._logged: set[tuple[str, str]] = set()
+        self._draining = False
+
+    @classmethod
+    def build(cls, config: CollectorConfig, **kwargs: Any) -> IngestServicer:
+        """Build from a config: registry, limits, collector id, mTLS identity check."""
+        registry = (AgentRegistry.from_entries(config.agents)
+                    if config.agents is not None else None)
+        return cls(limits=config.limits, registry=registry, collector_id=config.collector_id,
+                   identity_check=bool(config.tls and config.tls.client_ca_file), **kwargs)
+
+    def rpc_handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler to add to a grpc.aio server (raw bytes in and out)."""
+        method = grpc.stream_stream_rpc_method_handler(self.stream)
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Stream": method})
+
+    # -- state the service reads ---------------------------------------------------------
+
+    @property
+    def open_streams(self) -> int:
+        """Streams accepted and not yet ended."""
+        return len(self._sessions)
+
+    def take_dirty_watermarks(self) -> dict[str, tuple[int, int]]:
+        """Watermarks changed since the last call (the periodic journal flush)."""
+        dirty = {agent: (wm.epoch, wm.seq) for agent in self._dirty
+                 if (wm := self._watermarks.get(agent)) is not None}
+        self._dirty.clear()
+        return dirty
+
+    def drain(self) -> None:
+        """Refuse new streams and end every open one with UNAVAILABLE (agents reconnect)."""
+        self._draining = True
+        for session in list(self._sessions.values()):
+            session.end(_S.UNAVAILABLE, "the collector is shutting down; reconnect")
+
+    # -- the stream ----------------------------------------------------------------------
+
+    async def stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        """One agent stream (the grpc handler; request and response are raw bytes)."""
+        del request_iterator  # read through context.read(), which cannot be mixed with it
+        session: _Session | None = None
+        agent = "?"
+        try:
+            hello = await self._read_hello(context)
+            agent = hello.agent_id or "?"
+            session = self._open(hello, context)
+            await context.write(self._welcome(session))
+            while True:
+                data = await context.read()
+                if data is grpc.aio.EOF:
+                    break
+                await context.write(self._handle_batch(session, data))
+        except StreamRejectedError as exc:
+            self._count_rejection(agent, exc.reason, exc.message)
+            await context.abort(exc.code, exc.message)
+        except asyncio.CancelledError:
+            if session is None or session.end_code is None:
+                raise  # the peer went away, or the server is stopping
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await context.abort(session.end_code, session.end_message)
+        except Exception:
+            log.exception("agent stream failed", extra={"agent": agent})
+            await context.abort(_S.INTERNAL, "the collector failed to apply a batch")
+        finally:
+            if session is not None:
+                self._close(session)
+
+    async def _read_hello(self, context: grpc.aio.ServicerContext) -> pb.Hello:
+        if self._draining:
+            raise StreamRejectedError(_S.UNAVAILABLE, "draining",
+                                      "the collector is shutting down; try another")
+        try:
+            async with asyncio.timeout(self._limits.hello_timeout):
+                data = await context.read()
+        except TimeoutError as exc:
+            raise StreamRejectedError(
+                _S.DEADLINE_EXCEEDED, "hello_timeout",
+                f"no Hello within {self._limits.hello_timeout:g}s") from exc
+        if data is grpc.aio.EOF:
+            raise StreamRejectedError(_S.INVALID_ARGUMENT, "no_hello",
+                                      "the stream ended before Hello")
+        message = self._parse(data)
+        if message.WhichOneof("body") != "hello":
+            raise StreamRejectedError(_S.INVALID_ARGUMENT, "no_hello",
+                                      "the first message must be Hello")
+        return message.hello
+
+    @staticmethod
+    def _parse(data: bytes) -> pb.AgentMessage:
+        try:
+            return pb.AgentMessage.FromString(data)
+        except (DecodeError, RuntimeError, ValueError) as exc:
+            raise StreamRejectedError(_S.INVALID_ARGUMENT, "malformed",
+                                      "not a probenet.v1.AgentMessage") from exc
+
+    def _open(self, hello: pb.Hello, context: grpc.aio.ServicerContext) -> _Session:
+        agent, region = hello.agent_id, hello.region
+        if not _valid_name(agent) or not _valid_name(region):
+            raise StreamRejectedError(
+                _S.INVALID_ARGUMENT, "bad_hello",
+                f"agent_id and region must be 1-{MAX_NAME} printable characters")
+        if len(hello.labels) > MAX_LABELS or not all(
+                _valid_name(k) and len(v) <= MAX_NAME for k, v in hello.labels.items()):
+            raise StreamRejectedError(_S.INVALID_ARGUMENT, "bad_hello",
+                                      f"at most {MAX_LABELS} labels of sane length")
+        labels = dict(hello.labels)
+        if self._registry is not None:
+            labels.update(self._authenticate(hello, context))
+        watermark = self._watermarks.get(agent)
+        if watermark is not None and hello.epoch < watermark.epoch:
+            raise StreamRejectedError(
+                _S.FAILED_PRECONDITION, "stale_epoch",
+                f"epoch {hello.epoch} is older than {watermark.epoch}, already seen "
+                f"from {agent}")
+        if watermark is None or hello.epoch > watermark.epoch:
+            watermark = Watermark(hello.epoch, 0)
+            self._watermarks[agent] = watermark
+            self._dirty.add(agent)
+        old = self._sessions.get(agent)
+        if old is not None:
+            old.end(_S.ABORTED, "replaced by a newer stream of the same agent")
+            log.warning("agent stream replaced", extra={"agent": agent, "region": region})
+        session = _Session(agent, region, watermark, asyncio.current_task())
+        self._sessions[agent] = session
+        interval_s = hello.interval_ms / 1000 if hello.interval_ms else DEFAULT_INTERVAL_S
+        self._classifier.agent_connected(agent, region, labels, interval_s, self._clock())
+        self._committer.commit()
+        self._metrics.streams.set(len(self._sessions))
+        self._metrics.streams_opened.inc()
+        log.info("agent connected", extra={
+            "agent": agent, "region": region, "epoch": hello.epoch,
+            "acked_seq": watermark.seq, "version": hello.version, "peer": context.peer()})
+        return session
+
+    def _authenticate(self, hello: pb.Hello, context: grpc.aio.ServicerContext
+                      ) -> Mapping[str, str]:
+        assert self._registry is not None
+        entry = self._registry.get(hello.agent_id)
+        if entry is None:
+            raise StreamRejectedError(_S.UNAUTHENTICATED, "unknown_agent",
+                                      f"agent {hello.agent_id!r} is not registered")
+        if entry.token is not None:
+            token = _bearer(context.invocation_metadata())
+            if not token:
+                raise StreamRejectedError(_S.UNAUTHENTICATED, "missing_token",
+                                          "this agent needs a bearer token")
+            if not hmac.compare_digest(token, entry.token):
+                raise StreamRejectedError(_S.UNAUTHENTICATED, "bad_token", "wrong token")
+        if hello.region != entry.region:
+            raise StreamRejectedError(
+                _S.PERMISSION_DENIED, "wrong_region",
+                f"agent {hello.agent_id!r} is registered in region {entry.region!r}, "
+                f"not {hello.region!r}")
+        if self._identity_check:
+            auth = context.auth_context()
+            names = {bytes(v).decode(errors="replace")
+                     for key in ("x509_common_name", "x509_subject_alternative_name")
+                     for v in auth.get(key, ())}
+            if hello.agent_id not in names:
+                raise StreamRejectedError(
+                    _S.PERMISSION_DENIED, "identity_mismatch",
+                    f"the client certificate does not name agent {hello.agent_id!r}")
+        return entry.labels
+
+    def _welcome(self, session: _Session) -> bytes:
+        return pb.CollectorMessage(welcome=pb.Welcome(
+            collector_id=self._collector_id, version=__version__,
+            acked_seq=session.watermark.seq,
+            max_batch_results=self._limits.max_batch_results,
+            max_message_bytes=self._limits.max_message_bytes)).SerializeToString()
+
+    def _close(self, session: _Session) -> None:
+        agent = session.agent
+        if self._sessions.get(agent) is not session:
+            return  # replaced: the newer stream owns the agent now
+        del self._sessions[agent]
+        self._metrics.streams.set(len(self._sessions))
+        try:
+            self._classifier.agent_disconnected(agent, self._clock())
+            self._committer.commit()
+        except Exception:
+            log.exception("recording a disconnect failed", extra={"agent": agent})
+        log.info("agent disconnected", extra={
+            "agent": agent, "region": session.region, "acked_seq": session.watermark.seq,
+            "reason": session.end_message or "stream ended"})
+
+    # -- the hot path --------------------------------------------------------------------
+
+    def _handle_batch(self, session: _Session, data: bytes) -> bytes:
+        """Parse, validate, deduplicate, apply, commit; return the serialized Ack."""
+        message = self._parse(data)
+        body = message.WhichOneof("body")
+        if body != "batch":
+            if body == "hello":
+                raise StreamRejectedError(_S.INVALID_ARGUMENT, "unexpected_hello",
+                                          "Hello may only be the first message")
+            raise StreamRejectedError(_S.INVALID_ARGUMENT, "empty_message",
+                                      "a message without a body")
+        metrics = self._metrics
+        metrics.batches.inc()
+        results = message.batch.results
+        if len(results) > self._max_batch:
+            raise StreamRejectedError(
+                _S.RESOURCE_EXHAUSTED, "batch_too_large",
+                f"{len(results)} results in one batch; the limit is {self._max_batch}")
+        watermark = session.watermark
+        applied_upto = watermark.seq
+        region = session.region
+        failures = self._failures
+        accepted: list[pb.ProbeResult] = []
+        duplicates = 0
+        rejected: dict[str, int] | None = None
+        highest = 0
+        for result in results:
+            seq = result.seq
+            reason = None
+            if seq <= highest:
+                reason = "seq_order" if seq else "bad_seq"
+            else:
+                highest = seq
+                if seq <= applied_upto:
+                    duplicates += 1
+                    continue
+                probe = result.probe
+                if not 0 < len(probe) <= MAX_PROBE_NAME or not probe.isprintable():
+                    reason = "bad_probe"
+                elif result.kind not in KINDS:
+                    reason = "bad_kind"
+                elif not 0.0 <= result.duration_seconds < _INF:
+                    reason = "bad_duration"
+                elif len(result.target) > MAX_TARGET:
+                    reason = "field_too_long"
+                elif not result.success:
+                    phase = result.failed_phase
+                    failure_reason = result.reason
+                    if not (0 <= phase < _PHASES and 0 <= result.timeout_phase < _PHASES):
+                        reason = "bad_phase"
+                    elif len(failure_reason) > MAX_REASON:
+                        reason = "field_too_long"
+                    else:
+                        failures.add(probe, region, PHASE_NAMES[phase], failure_reason)
+            if reason is None:
+                accepted.append(result)
+            else:
+                if rejected is None:
+                    rejected = {}
+                rejected[reason] = rejected.get(reason, 0) + 1
+        if accepted:
+            self._classifier.apply(session.agent, accepted, self._clock())
+            metrics.applied.inc(len(accepted))
+        if highest > applied_upto:
+            watermark.seq = highest
+            self._dirty.add(session.agent)
+            # Journaled with the transitions this batch caused, if any (else flushed later).
+            self._committer.commit({session.agent: (watermark.epoch, highest)})
+        if duplicates:
+            metrics.duplicate.inc(duplicates)
+        if rejected:
+            for reason, count in rejected.items():
+                metrics.rejected.inc(count)
+                self._count_rejection(session.agent, reason, "invalid result", count,
+                                      counted_result=True)
+        return pb.CollectorMessage(ack=pb.Ack(
+            epoch=watermark.epoch, acked_seq=watermark.seq)).SerializeToString()
+
+    def _count_rejection(self, agent: str, reason: str, message: str, count: int = 1, *,
+                         counted_result: bool = False) -> None:
+        self._metrics.rejections.labels(reason).inc(count)
+        if (agent, reason) in self._logged:
+            return
+        if len(self._logged) < 10_000:
+            self._logged.add((agent, reason))
+        log.warning("rejected %s", "results" if counted_result else "stream", extra={
+            "agent": agent, "reason": reason, "detail": message, "count": count})

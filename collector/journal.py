@@ -1,0 +1,377 @@
+"""The SQLite outage journal, and the committer that journals transitions before publishing.
+
+One file, WAL mode, `synchronous=NORMAL`: a committed transaction survives a crash or
+`kill -9` of the collector (not necessarily a power loss of the machine). Tables:
+
+- `outages`: one row per outage record, updated in place (the record's JSON plus the columns
+  the API filters on);
+- `outage_events`: one row per transition; its AUTOINCREMENT id is the `seq` of
+  `JournaledTransition`, increasing per collector across restarts;
+- `agent_watermarks`: the highest applied (epoch, seq) per agent, so deduplication continues
+  after a restart;
+- `meta`: the schema version.
+
+Watermark trade-off: watermarks are written with every commit that has transitions, and
+otherwise flushed every few seconds and at shutdown, not per batch (an SQLite transaction
+per batch would cap ingest far below its target). After a crash, results applied after the
+last flush may be applied a second time when the agent resends them: only the latest samples
+change, since every transition was committed together with the watermark of the batch that
+caused it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, Self
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from collector.errors import JournalError
+from collector.model import (
+    JournaledTransition,
+    OutageEvent,
+    OutageKind,
+    OutageRecord,
+    OutageTransition,
+    Transition,
+    TransitionSink,
+)
+
+if TYPE_CHECKING:
+    from collector.classify import Classifier
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outages (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    probe TEXT,
+    service TEXT,
+    region TEXT,
+    scope TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    detected_at REAL NOT NULL,
+    ended_at REAL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outages_by_start ON outages (started_at DESC);
+CREATE INDEX IF NOT EXISTS outages_open ON outages (ended_at) WHERE ended_at IS NULL;
+CREATE TABLE IF NOT EXISTS outage_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    outage_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    at REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agent_watermarks (
+    agent TEXT PRIMARY KEY,
+    epoch TEXT NOT NULL,
+    seq TEXT NOT NULL
+);
+"""
+
+_SET_VERSION = "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '1');"
+_MIGRATE = "BEGIN IMMEDIATE;" + _SCHEMA + _SET_VERSION + "COMMIT;"
+
+Watermarks = Mapping[str, tuple[int, int]]
+"""agent id -> (epoch, highest applied seq). Stored as text: both are uint64 on the wire."""
+
+
+class Journal:
+    """The outage journal: a context manager around one SQLite connection.
+
+    Every method runs on the caller's thread (the collector's event loop): the statements
+    are small, and the loop's ordering is what guarantees commit-before-acknowledge.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        """Open (creating if needed) the journal at `path`; `open()` or `with` to start."""
+        self.path = str(path)
+        self._db: sqlite3.Connection | None = None
+
+    def __enter__(self) -> Self:
+        """Open the file and check or create the schema."""
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the file."""
+        self.close()
+
+    def open(self) -> None:
+        """Open the file, set WAL mode, create or check the schema."""
+        if self._db is not None:
+            raise JournalError(self.path, "already open")
+        try:
+            parent = Path(self.path).parent
+            parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(self.path, f"cannot open: {exc}") from exc
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            self._migrate(db)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise JournalError(self.path, f"not a usable SQLite journal: {exc}") from exc
+        except JournalError:
+            db.close()
+            raise
+        self._db = db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        tables = {row[0] for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "meta" not in tables:
+            raise JournalError(self.path, "exists but is not a probenet journal (no meta table)")
+        version = 0
+        if "meta" in tables:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                self.path, f"written by a newer probenet (schema {version}, this one reads "
+                           f"up to {SCHEMA_VERSION}); upgrade, or point journal.path elsewhere")
+        if version < SCHEMA_VERSION:
+            # One script, one transaction: a crash mid-way leaves the old schema intact.
+            db.executescript(_MIGRATE)
+
+    def close(self) -> None:
+        """Close the connection; closing twice is harmless."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The open connection (JournalError if closed)."""
+        if self._db is None:
+            raise JournalError(self.path, "not open")
+        return self._db
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def commit(self, transitions: Sequence[Transition],
+               watermarks: Watermarks | None = None) -> list[JournaledTransition]:
+        """Write every outage transition (and the given watermarks) in one transaction.
+
+        Returns the transitions in order, each with its journal seq (0 for TargetChange,
+        which is not journaled).
+        """
+        db = self.db
+        out: list[JournaledTransition] = []
+        try:
+            db.execute("BEGIN")
+            try:
+                for item in transitions:
+                    if isinstance(item, OutageTransition):
+                        out.append(JournaledTransition(self._write(db, item), item))
+                    else:
+                        out.append(JournaledTransition(0, item))
+                if watermarks:
+                    self._write_watermarks(db, watermarks)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise JournalError(self.path, f"commit failed: {exc}") from exc
+        return out
+
+    @staticmethod
+    def _write(db: sqlite3.Connection, item: OutageTransition) -> int:
+        record = item.record
+        text = json.dumps(record.to_json(), separators=(",", ":"))
+        db.execute(
+            "INSERT INTO outages (id, kind, probe, service, region, scope, started_at,"
+            " detected_at, ended_at, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, probe = excluded.probe,"
+            " service = excluded.service, region = excluded.region, scope = excluded.scope,"
+            " started_at = excluded.started_at, detected_at = excluded.detected_at,"
+            " ended_at = excluded.ended_at, record = excluded.record",
+            (record.id, str(record.kind), record.probe, record.service, record.region,
+             str(record.scope), record.started_at, record.detected_at, record.ended_at, text))
+        cursor = db.execute(
+            "INSERT INTO outage_events (outage_id, event, at, record) VALUES (?, ?, ?, ?)",
+            (record.id, str(item.event), item.at, text))
+        seq = cursor.lastrowid
+        assert seq is not None
+        return seq
+
+    @staticmethod
+    def _write_watermarks(db: sqlite3.Connection, watermarks: Watermarks) -> None:
+        db.executemany(
+            "INSERT INTO agent_watermarks (agent, epoch, seq) VALUES (?, ?, ?)"
+            " ON CONFLICT (agent) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
+            [(agent, str(epoch), str(seq)) for agent, (epoch, seq) in watermarks.items()])
+
+    def flush_watermarks(self, watermarks: Watermarks) -> None:
+        """Persist agents' applied watermarks (periodically and at shutdown)."""
+        if not watermarks:
+            return
+        db = self.db
+        try:
+            db.execute("BEGIN")
+            try:
+                self._write_watermarks(db, watermarks)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise JournalError(self.path, f"watermark flush failed: {exc}") from exc
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def watermarks(self) -> dict[str, tuple[int, int]]:
+        """Every agent's last persisted (epoch, seq)."""
+        return {agent: (int(epoch), int(seq)) for agent, epoch, seq in self.db.execute(
+            "SELECT agent, epoch, seq FROM agent_watermarks")}
+
+    def open_outages(self) -> list[OutageRecord]:
+        """Records not yet resolved, oldest first."""
+        rows = self.db.execute(
+            "SELECT record FROM outages WHERE ended_at IS NULL ORDER BY started_at, id")
+        return [self._record(text) for (text,) in rows]
+
+    def outages(self, *, active: bool | None = None, limit: int = 100,
+                since: float | None = None) -> list[OutageRecord]:
+        """Records newest first: all, only open (`active=True`) or only resolved (False).
+
+        `since` keeps records that were still open at or after that unix time.
+        """
+        where: list[str] = []
+        args: list[object] = []
+        if active is True:
+            where.append("ended_at IS NULL")
+        elif active is False:
+            where.append("ended_at IS NOT NULL")
+        if since is not None:
+            where.append("(ended_at IS NULL OR ended_at >= ?)")
+            args.append(since)
+        sql = "SELECT record FROM outages"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_at DESC, id LIMIT ?"
+        args.append(limit)
+        return [self._record(text) for (text,) in self.db.execute(sql, args)]
+
+    def events(self, outage_id: str | None = None) -> list[tuple[int, str, OutageRecord]]:
+        """Journaled transitions (seq, event, record snapshot), oldest first."""
+        sql = "SELECT seq, event, record FROM outage_events"
+        args: tuple[object, ...] = ()
+        if outage_id is not None:
+            sql += " WHERE outage_id = ?"
+            args = (outage_id,)
+        return [(seq, event, self._record(text))
+                for seq, event, text in self.db.execute(sql + " ORDER BY seq", args)]
+
+    def _record(self, text: str) -> OutageRecord:
+        try:
+            return OutageRecord.from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise JournalError(self.path, f"unreadable outage record: {exc}") from exc
+
+
+class CommitObserver(Protocol):
+    """What the committer reports to (metrics)."""
+
+    def journal_committed(self, seconds: float) -> None:
+        """One journal transaction took `seconds`."""
+
+    def outage_opened(self, record: OutageRecord) -> None:
+        """An outage record was opened."""
+
+
+class CommitMetrics:
+    """The committer's metrics: commit latency, outages opened, detection latency."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """Register on `registry`."""
+        self.commit_seconds = Histogram(
+            "probenet_journal_commit_seconds",
+            "Time to commit one journal transaction of outage transitions.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=registry)
+        self.opened = Counter(
+            "probenet_outages_opened", "Outage records opened, by kind and scope at opening.",
+            ["kind", "scope"], registry=registry)
+        self.detection_seconds = Histogram(
+            "probenet_outage_detection_seconds",
+            "Time from an outage's first failing observation to its classification.",
+            buckets=(1, 2, 5, 10, 15, 30, 60, 120, 300, 600),
+            registry=registry)
+
+    def journal_committed(self, seconds: float) -> None:
+        """Observe one commit's latency."""
+        self.commit_seconds.observe(seconds)
+
+    def outage_opened(self, record: OutageRecord) -> None:
+        """Count an opened record; observe its detection latency (probe records)."""
+        self.opened.labels(str(record.kind), str(record.scope)).inc()
+        if record.kind is OutageKind.PROBE:
+            self.detection_seconds.observe(max(0.0, record.detected_at - record.started_at))
+
+
+class TransitionCommitter:
+    """Drains the classifier's transitions into the journal, then hands them to the sinks.
+
+    Called right after every classifier call that can change state (a batch, a tick, a
+    hello, a disconnect), on the event loop, so nothing is acknowledged or published before
+    the journal holds it.
+    """
+
+    def __init__(self, classifier: Classifier, journal: Journal, *,
+                 sinks: Iterable[TransitionSink] = (), observer: CommitObserver | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        """Commit `classifier`'s transitions to `journal`, then submit to each sink."""
+        self._classifier = classifier
+        self._journal = journal
+        self._sinks = tuple(sinks)
+        self._observer = observer
+        self._perf = clock
+
+    def commit(self, watermarks: Watermarks | None = None) -> list[JournaledTransition]:
+        """Journal what the classifier changed (with `watermarks`), then publish it."""
+        transitions = self._classifier.take_transitions()
+        if not transitions:
+            return []
+        started = self._perf()
+        journaled = self._journal.commit(transitions, watermarks)
+        if self._observer is not None:
+            self._observer.journal_committed(self._perf() - started)
+        for item in journaled:
+            change = item.transition
+            if isinstance(change, OutageTransition):
+                self._log(item.seq, change)
+        for sink in self._sinks:
+            try:
+                sink.submit(journaled)
+            except Exception:
+                log.exception("a transition sink failed", extra={"sink": type(sink).__name__})
+        return journaled
+
+    def _log(self, seq: int, change: OutageTransition) -> None:
+        record = change.record
+        if change.event is OutageEvent.OPENED and self._observer is not None:
+            self._observer.outage_opened(record)
+        fields = {
+            "seq": seq, "outage": record.id, "kind": str(record.kind), "probe": record.probe,
+            "service": record.service, "scope": str(record.scope),
+            "regions": ",".join(record.regions), "phase": record.phase, "reason": record.reason,
+        }
+        if change.event is OutageEvent.UPDATED:
+            log.debug("outage updated", extra=fields)
+        else:
+            log.info("outage %s", change.event, extra=fields)

@@ -1,0 +1,92 @@
+"""`probenet collector --config F`: load the config, run the service until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+
+from collector.config import CollectorConfig, MqttConfig, load_config
+from collector.errors import CollectorError
+from collector.server import CollectorService
+from probenet.configfile import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from pathlib import Path
+
+    from collector.model import TargetView, TransitionSink
+
+log = logging.getLogger(__name__)
+
+
+def run(path: str | Path) -> int:
+    """Run the collector of config file `path`; 0 after a clean stop, 1 on a bad config."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)  # noqa: T201 - the user's terminal, not a log
+        return 1
+    try:
+        return asyncio.run(serve(config))
+    except CollectorError as exc:
+        # No traceback: the message names the file or address at fault.
+        log.error("collector failed: %s", exc, extra={"error": type(exc).__name__})  # noqa: TRY400
+        return 1
+
+
+def _mqtt_publisher(config: MqttConfig, registry: CollectorRegistry, collector_id: str,
+                    initial_states: Callable[[], Iterable[TargetView]]) -> Any:
+    # Imported here: the MQTT dependencies load only when a broker is configured.
+    events = importlib.import_module("collector.events")
+    return events.MqttPublisher(config, registry=registry, collector_id=collector_id,
+                                initial_states=initial_states)
+
+
+async def serve(config: CollectorConfig, stop: asyncio.Event | None = None) -> int:
+    """Run until `stop` is set or SIGTERM/SIGINT arrives; a second signal exits at once."""
+    stop = stop if stop is not None else asyncio.Event()
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            log.info("stopping: draining streams", extra={"signal": signal.Signals(signum).name})
+            stop.set()
+        else:
+            log.warning("second signal: exiting at once",
+                        extra={"signal": signal.Signals(signum).name})
+            os._exit(1)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    registry = CollectorRegistry()
+    service: CollectorService | None = None
+
+    def current_targets() -> Iterable[TargetView]:
+        return service.classifier.targets() if service is not None else ()
+
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            sinks: list[TransitionSink] = []
+            if config.mqtt is not None:
+                publisher = _mqtt_publisher(config.mqtt, registry, config.collector_id,
+                                            current_targets)
+                await stack.enter_async_context(publisher)
+                sinks.append(publisher)
+            service = CollectorService(config, registry=registry, sinks=sinks)
+            await stack.enter_async_context(service)
+            await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return 0

@@ -1,0 +1,245 @@
+"""Prometheus metrics: ingest counters, and the classifier's state read at scrape time.
+
+Everything is registered on a registry passed in, never the global default. Ingest counts
+per batch (never per result); probe failures are counted in a plain dict at ingest and
+exported as a counter family; the classifier's verdicts are read when Prometheus scrapes
+(`ClassifierMetrics`, a custom collector). The blackbox_exporter-compatible per-kind
+metrics (`probe_http_status_code`, `probe_ssl_earliest_cert_expiry`, ...) come from
+`collector.details.kind_metric_families`, which reads `PairSample.details`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from collector.model import OutageKind, RegionVerdict, Scope, TargetState
+from probenet.version import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+
+    from collector.classify import Classifier, PairSample
+
+log = logging.getLogger(__name__)
+
+PAIR_LABELS = ("probe", "target", "kind", "region", "agent")
+FAILURE_LABELS = ("probe", "region", "phase", "reason")
+# Beyond this many (probe, region, phase, reason) series, new reasons fold into "other":
+# the reason is agent-supplied text, and a broken agent must not explode the series count.
+MAX_FAILURE_SERIES = 50_000
+
+
+@cache
+def _details_module() -> Any | None:
+    try:
+        return importlib.import_module("collector.details")
+    except ModuleNotFoundError as exc:
+        if exc.name != "collector.details":
+            raise
+        return None
+
+
+def details_extractor() -> Callable[[Any], Any] | None:
+    """`collector.details.details_of` when that module exists (the Classifier's `details_of`)."""
+    module = _details_module()
+    return getattr(module, "details_of", None) if module is not None else None
+
+
+def kind_metric_families() -> Callable[[Iterable[PairSample]], Iterator[Metric]] | None:
+    """`collector.details.kind_metric_families` when that module exists."""
+    module = _details_module()
+    return getattr(module, "kind_metric_families", None) if module is not None else None
+
+
+class FailureCounts:
+    """Failed results by (probe, region, phase, reason), counted at ingest in a plain dict."""
+
+    __slots__ = ("counts", "max_series")
+
+    def __init__(self, max_series: int = MAX_FAILURE_SERIES) -> None:
+        """Count up to `max_series` distinct label sets; fold the rest into reason=other."""
+        self.counts: dict[tuple[str, str, str, str], int] = {}
+        self.max_series = max_series
+
+    def add(self, probe: str, region: str, phase: str, reason: str) -> None:
+        """Count one failed result."""
+        key = (probe, region, phase, reason)
+        counts = self.counts
+        if key in counts:
+            counts[key] += 1
+        elif len(counts) < self.max_series:
+            counts[key] = 1
+        else:
+            key = (probe, region, phase, "other")
+            counts[key] = counts.get(key, 0) + 1
+
+    def family(self) -> CounterMetricFamily:
+        """probenet_probe_failures_total."""
+        family = CounterMetricFamily(
+            "probenet_probe_failures",
+            "Failed probe results received, by probe, region, failed phase and reason.",
+            labels=FAILURE_LABELS)
+        for labels, value in self.counts.items():
+            family.add_metric(labels, value)
+        return family
+
+
+class IngestMetrics:
+    """Counters the gRPC ingest updates once per batch or stream."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """Register on `registry`."""
+        results = Counter("probenet_ingest_results",
+                          "Results received, by outcome (applied, duplicate, rejected).",
+                          ["outcome"], registry=registry)
+        self.applied = results.labels("applied")
+        self.duplicate = results.labels("duplicate")
+        self.rejected = results.labels("rejected")
+        self.batches = Counter("probenet_ingest_batches", "Result batches received.",
+                               registry=registry)
+        self.rejections = Counter(
+            "probenet_ingest_rejections",
+            "Rejected results, batches and streams, by reason.", ["reason"], registry=registry)
+        self.streams = Gauge("probenet_agent_streams", "Agent streams open now.",
+                             registry=registry)
+        self.streams_opened = Counter("probenet_agent_streams_opened",
+                                      "Agent streams accepted (Welcome sent).",
+                                      registry=registry)
+        build = Info("probenet_build", "The collector's version.", registry=registry)
+        build.info({"version": __version__})
+
+
+def _bool(value: bool) -> float:
+    return 1.0 if value else 0.0
+
+
+class ClassifierMetrics(Collector):
+    """The dashboards' metrics (DESIGN.md table), computed from the classifier at scrape."""
+
+    def __init__(self, classifier: Classifier, *, failures: FailureCounts | None = None,
+                 registered_agents: Sequence[tuple[str, str]] = ()) -> None:
+        """`registered_agents` (id, region) show as down until they first connect."""
+        self._classifier = classifier
+        self._failures = failures
+        self._registered = tuple(registered_agents)
+
+    def describe(self) -> list[Metric]:
+        """Nothing: scrape-time families are not checked for name clashes upfront."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family, from one consistent read of the classifier."""
+        classifier = self._classifier
+        samples = list(classifier.samples())
+        yield from self._sample_families(samples)
+        yield from self._target_families()
+        yield from self._agent_families()
+        degraded = GaugeMetricFamily(
+            "probenet_monitoring_degraded",
+            "1 while more than half of the agents are stale or impaired.",
+            value=_bool(classifier.monitoring_degraded))
+        yield degraded
+        if self._failures is not None:
+            yield self._failures.family()
+        per_kind = kind_metric_families()
+        if per_kind is not None:
+            try:
+                yield from per_kind(samples)
+            except Exception:
+                log.exception("per-kind metrics failed; scrape continues without them")
+
+    @staticmethod
+    def _sample_families(samples: Sequence[PairSample]) -> Iterator[Metric]:
+        success = GaugeMetricFamily(
+            "probe_success", "Last result of the agent for the probe, 0 or 1.",
+            labels=PAIR_LABELS)
+        duration = GaugeMetricFamily(
+            "probe_duration_seconds", "Duration of the agent's last result for the probe.",
+            labels=PAIR_LABELS)
+        for s in samples:
+            labels = (s.probe, s.target, s.kind, s.region, s.agent)
+            success.add_metric(labels, 1.0 if s.success else 0.0)
+            duration.add_metric(labels, s.duration_seconds)
+        yield success
+        yield duration
+
+    def _target_families(self) -> Iterator[Metric]:
+        classifier = self._classifier
+        targets = classifier.targets()
+        region_up = GaugeMetricFamily(
+            "probenet_region_up", "The region's verdict for the probe, 0 or 1; absent while "
+            "unknown.", labels=("probe", "region"))
+        state = GaugeMetricFamily(
+            "probenet_target_state", "State set: 1 for the probe's current state.",
+            labels=("probe", "service", "state"))
+        active = GaugeMetricFamily(
+            "probenet_outage_active", '1 while an outage of that scope is open (probe="" '
+            "for a service-level record).", labels=("probe", "service", "scope"))
+        flapping = GaugeMetricFamily(
+            "probenet_target_flapping", "1 while the probe is flapping.", labels=("probe",))
+        open_records = classifier.open_outages()
+        open_probe_scopes = {(r.probe, r.scope) for r in open_records
+                             if r.kind is OutageKind.PROBE}
+        flapping_now = classifier.flapping_probes()
+        for view in targets:
+            service = view.service or ""
+            for region, verdict in view.regions.items():
+                if verdict is not RegionVerdict.UNKNOWN:
+                    region_up.add_metric((view.probe, region), _bool(verdict is RegionVerdict.UP))
+            for each in TargetState:
+                state.add_metric((view.probe, service, str(each)), _bool(view.state is each))
+            for scope in Scope:
+                active.add_metric((view.probe, service, str(scope)),
+                                  _bool((view.probe, scope) in open_probe_scopes))
+            flapping.add_metric((view.probe,),
+                                _bool(view.flapping or view.probe in flapping_now))
+        known = {view.probe for view in targets}
+        for record in open_records:
+            if record.kind is OutageKind.SERVICE:
+                active.add_metric(("", record.service or "", str(record.scope)), 1.0)
+            elif record.kind is OutageKind.PROBE and record.probe not in known:
+                # Restored after a restart, before any result about the probe arrived.
+                active.add_metric((record.probe or "", record.service or "",
+                                   str(record.scope)), 1.0)
+        yield region_up
+        yield state
+        yield active
+        yield flapping
+
+    def _agent_families(self) -> Iterator[Metric]:
+        classifier = self._classifier
+        agent_up = GaugeMetricFamily(
+            "probenet_agent_up", "1 while the agent is connected and fresh.",
+            labels=("agent", "region"))
+        impaired = GaugeMetricFamily(
+            "probenet_agent_impaired", "1 while the agent is impaired (its results are left "
+            "out).", labels=("agent", "region"))
+        isolated = GaugeMetricFamily(
+            "probenet_region_isolated", "1 while every agent of the region is impaired.",
+            labels=("region",))
+        seen: set[str] = set()
+        regions: set[str] = set()
+        for agent in classifier.agents():
+            seen.add(agent.id)
+            regions.add(agent.region)
+            agent_up.add_metric((agent.id, agent.region),
+                                _bool(agent.connected and not agent.stale))
+            impaired.add_metric((agent.id, agent.region), _bool(agent.impaired))
+        for agent_id, region in self._registered:
+            if agent_id not in seen:
+                regions.add(region)
+                agent_up.add_metric((agent_id, region), 0.0)
+                impaired.add_metric((agent_id, region), 0.0)
+        isolated_now = classifier.isolated_regions()
+        for region in sorted(regions | isolated_now):
+            isolated.add_metric((region,), _bool(region in isolated_now))
+        yield agent_up
+        yield impaired
+        yield isolated

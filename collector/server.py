@@ -1,0 +1,283 @@
+"""`CollectorService`: journal, classifier, gRPC ingest, HTTP API and loops, wired together.
+
+    async with CollectorService(config) as service:   # journal loaded, ports bound
+        print(service.grpc_address, service.http.url)
+        await stop.wait()
+    # drained: health NOT_SERVING, streams ended, final tick journaled, journal closed
+
+Start order: journal (restore open outages and watermarks) -> gRPC (ingest, health,
+reflection) -> HTTP -> loops (tick, watermark flush) in one TaskGroup -> ready. Stop order
+is the reverse, with a drain first so agents move to another collector at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from collector.api import HttpApi
+from collector.classify import Classifier
+from collector.config import CollectorConfig, config_summary, split_host_port
+from collector.errors import AlreadyRunningError, ServiceError
+from collector.ingest import SERVICE_NAME, IngestServicer
+from collector.journal import CommitMetrics, Journal, TransitionCommitter
+from collector.metrics import (
+    ClassifierMetrics,
+    FailureCounts,
+    IngestMetrics,
+    details_extractor,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from collector.model import TransitionSink
+
+log = logging.getLogger(__name__)
+
+WATERMARK_FLUSH_S = 2.0
+_HEALTH = health_pb2.HealthCheckResponse
+
+
+def grpc_server_options(config: CollectorConfig) -> list[tuple[str, Any]]:
+    """The gRPC server's explicit options: message limits and keepalive."""
+    limit = config.limits.max_message_bytes
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        # Keepalive: find dead agents within ~40 s; let agents ping every 10 s at most.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Two collectors must never share a port by accident (SO_REUSEPORT is grpc's default).
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ServiceError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+class CollectorService:
+    """The whole collector as one async context manager (enter once; leaving is idempotent).
+
+    `clock` gives `now` to the classifier (tests move time by hand). `sinks` receive every
+    committed transition (MQTT publisher, demo, tests).
+    """
+
+    def __init__(self, config: CollectorConfig, *, registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.time,
+                 sinks: Sequence[TransitionSink] = ()) -> None:
+        """Build every part; nothing is opened or bound until the service is entered."""
+        self.config = config
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._clock = clock
+        self.classifier = Classifier(config.classification.params(),
+                                     details_of=details_extractor())
+        self.journal = Journal(config.journal.path)
+        self.failures = FailureCounts()
+        self.ingest_metrics = IngestMetrics(self.registry)
+        self._commit_metrics = CommitMetrics(self.registry)
+        self.registered_agents = [(a.id, a.region) for a in config.agents or ()]
+        self.registry.register(ClassifierMetrics(
+            self.classifier, failures=self.failures, registered_agents=self.registered_agents))
+        self.committer = TransitionCommitter(self.classifier, self.journal, sinks=sinks,
+                                             observer=self._commit_metrics)
+        self.ingest: IngestServicer | None = None
+        self.http = HttpApi(config.listen.http, classifier=self.classifier,
+                            journal=self.journal, registry=self.registry,
+                            ready=lambda: self.ready,
+                            registered_agents=self.registered_agents)
+        self.grpc_port = 0
+        self.ready = False
+        self._entered = False
+        self._closed = False
+        self._drained = False
+        self._grpc: grpc.aio.Server | None = None
+        self._health: Any = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def grpc_address(self) -> str:
+        """`host:port` the gRPC listener is bound to (the real port when configured as 0)."""
+        host, _ = split_host_port(self.config.listen.grpc)
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{self.grpc_port}"
+
+    # -- start ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Open the journal, restore, bind gRPC and HTTP, start the loops."""
+        if self._entered:
+            raise AlreadyRunningError("a CollectorService can be entered only once")
+        self._entered = True
+        self._check_exposure()
+        async with contextlib.AsyncExitStack() as stack:
+            self.journal.open()
+            stack.callback(self.journal.close)
+            self._restore()
+            await self._start_grpc(stack)
+            await stack.enter_async_context(self.http)
+            tasks = asyncio.TaskGroup()
+            await tasks.__aenter__()
+            self._tasks = tasks
+            tasks.create_task(self._tick_loop(), name="collector-tick")
+            tasks.create_task(self._flush_loop(), name="collector-watermark-flush")
+            await self._health.set("", _HEALTH.SERVING)
+            await self._health.set(SERVICE_NAME, _HEALTH.SERVING)
+            self.ready = True
+            self._stack = stack.pop_all()
+        log.info("collector started", extra={
+            **config_summary(self.config), "grpc_bound": self.grpc_address,
+            "http_bound": self.http.url,
+            "open_outages": len(self.classifier.open_outages())})
+        return self
+
+    def _check_exposure(self) -> None:
+        config = self.config
+        if config.grpc_on_loopback or config.insecure:
+            return
+        if config.tls is None:
+            raise ServiceError(f"refusing plaintext gRPC on non-loopback {config.listen.grpc} "
+                               "without `insecure: true`")
+        if config.agents is None:
+            raise ServiceError(f"refusing to accept any agent on non-loopback "
+                               f"{config.listen.grpc} without an agents registry")
+
+    def _restore(self) -> None:
+        open_outages = self.journal.open_outages()
+        self.classifier.restore(open_outages, self._clock())
+        self.committer.commit()
+        if open_outages:
+            log.info("restored open outages", extra={
+                "count": len(open_outages), "ids": ",".join(r.id for r in open_outages)})
+        self.ingest = IngestServicer.build(
+            self.config, classifier=self.classifier, committer=self.committer,
+            metrics=self.ingest_metrics, failures=self.failures,
+            watermarks=self.journal.watermarks(), clock=self._clock)
+
+    async def _start_grpc(self, stack: contextlib.AsyncExitStack) -> None:
+        assert self.ingest is not None
+        config = self.config
+        server = grpc.aio.server(options=grpc_server_options(config))
+        server.add_generic_rpc_handlers((self.ingest.rpc_handler(),))
+        self._health = health.aio.HealthServicer()
+        await self._health.set("", _HEALTH.NOT_SERVING)
+        await self._health.set(SERVICE_NAME, _HEALTH.NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), server)
+        address = config.listen.grpc
+        try:
+            if config.tls is not None:
+                tls = config.tls
+                ca = _read(tls.client_ca_file, "client CA") if tls.client_ca_file else None
+                credentials = grpc.ssl_server_credentials(
+                    [(_read(tls.key_file, "TLS key"), _read(tls.cert_file, "TLS certificate"))],
+                    root_certificates=ca, require_client_auth=ca is not None)
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ServiceError(f"cannot listen on gRPC {address}: {exc}") from exc
+        if not port:
+            raise ServiceError(f"cannot listen on gRPC {address}")
+        self.grpc_port = port
+        await server.start()
+        self._grpc = server
+
+        async def stop_grpc() -> None:
+            await server.stop(None)
+
+        stack.push_async_callback(stop_grpc)
+        log.info("gRPC listening", extra={"address": self.grpc_address,
+                                          "tls": config.tls is not None})
+
+    # -- loops ---------------------------------------------------------------------------
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopping; True when the service is stopping."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        return self._stopping.is_set()
+
+    async def _tick_loop(self) -> None:
+        while not await self._sleep(self.config.tick):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("tick failed")
+
+    async def _flush_loop(self) -> None:
+        while not await self._sleep(WATERMARK_FLUSH_S):
+            try:
+                self.flush_watermarks()
+            except Exception:
+                log.exception("watermark flush failed")
+
+    def tick(self) -> None:
+        """One classifier tick at the service clock's now, journaled and published."""
+        self.classifier.tick(self._clock())
+        self.committer.commit()
+
+    def flush_watermarks(self) -> None:
+        """Write changed agent watermarks to the journal."""
+        if self.ingest is not None:
+            self.journal.flush_watermarks(self.ingest.take_dirty_watermarks())
+
+    # -- stop ----------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Stop accepting: readyz 503, health NOT_SERVING, open streams ended (UNAVAILABLE)."""
+        if self._drained:
+            return
+        self._drained = True
+        self.ready = False
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self.ingest is not None:
+            self.ingest.drain()
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Drain, stop gRPC (bounded by shutdown_grace), final tick and flush, close."""
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop everything; calling it again does nothing."""
+        if self._closed or not self._entered:
+            return
+        self._closed = True
+        await self.drain()
+        if self._grpc is not None:
+            await self._grpc.stop(self.config.shutdown_grace)
+        self._stopping.set()
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None:
+            await tasks.__aexit__(None, None, None)
+        try:
+            self.tick()
+            self.flush_watermarks()
+        except Exception:
+            log.exception("final tick or watermark flush failed")
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+        log.info("collector stopped", extra={"collector_id": self.config.collector_id})

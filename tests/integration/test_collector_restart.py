@@ -1,0 +1,187 @@
+"""Open outages survive a restart, a `kill -9`, and SIGTERM drains cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
+
+import grpc
+import pytest
+from collector_client import (
+    StreamEndedError,
+    TestAgent,
+    collector_yaml,
+    http_get,
+    http_json,
+    metric_value,
+)
+from conftest import ROOT, free_port
+
+from collector.config import parse_config
+from collector.server import CollectorService
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+FLEET = (("fra-1", "eu"), ("iad-1", "us"), ("sin-1", "ap"))
+
+
+async def fail_everywhere(stack: AsyncExitStack, address: str, *, epoch: int,
+                          rounds: int = 2) -> list[TestAgent]:
+    fleet = [await stack.enter_async_context(TestAgent(address, a, r, epoch=epoch))
+             for a, r in FLEET]
+    for _ in range(rounds):
+        for agent in fleet:
+            await agent.send([agent.result("web", success=False), agent.result("api")])
+    return fleet
+
+
+async def all_up(fleet: list[TestAgent], rounds: int = 2) -> None:
+    for _ in range(rounds):
+        for agent in fleet:
+            await agent.send([agent.result("web"), agent.result("api")])
+
+
+async def test_an_open_outage_keeps_its_id_across_a_restart(tmp_path):
+    config = parse_config(collector_yaml(str(tmp_path / "journal.db")))
+    async with CollectorService(config) as first, AsyncExitStack() as stack:
+        await fail_everywhere(stack, first.grpc_address, epoch=1)
+        [opened] = await http_json(first.http.url + "/api/v1/outages?active=true")
+        assert opened["scope"] == "global"
+
+    async with CollectorService(config) as second:
+        # Restored before any agent reconnects; its regions are unknown, it stays open.
+        [restored] = await http_json(second.http.url + "/api/v1/outages?active=true")
+        assert restored["id"] == opened["id"]
+        assert restored["started_at"] == opened["started_at"]
+        text = (await http_get(second.http.url + "/metrics"))[2]
+        assert metric_value(text, "probenet_outage_active", probe="web", scope="global") == 1
+        async with AsyncExitStack() as stack:
+            fleet = [await stack.enter_async_context(
+                TestAgent(second.grpc_address, a, r, epoch=1, next_seq=100)) for a, r in FLEET]
+            # Watermarks were flushed at shutdown: the same epoch resumes where it was.
+            assert [agent.welcome.acked_seq for agent in fleet] == [4, 4, 4]
+            # Still failing: the same record continues.
+            for agent in fleet:
+                await agent.send([agent.result("web", success=False)])
+            [still] = await http_json(second.http.url + "/api/v1/outages?active=true")
+            assert still["id"] == opened["id"]
+            # Evidence of recovery closes it.
+            await all_up(fleet)
+            assert await http_json(second.http.url + "/api/v1/outages?active=true") == []
+        records = await http_json(second.http.url + "/api/v1/outages")
+        assert [(r["id"], r["ended_at"] is not None) for r in records] == [(opened["id"], True)]
+        assert [e for _, e, _ in second.journal.events(opened["id"])][-1] == "resolved"
+
+
+async def test_a_service_is_entered_once_and_left_idempotently(tmp_path):
+    config = parse_config(collector_yaml(str(tmp_path / "journal.db")))
+    service = CollectorService(config)
+    async with service:
+        with pytest.raises(Exception, match="only once"):
+            await service.__aenter__()
+    await service.aclose()  # again: nothing happens
+    assert service.ready is False
+
+
+# -- the real `probenet collector` process ------------------------------------------------
+
+
+class CollectorProcess:
+    """`probenet collector --config F` as a child process on fixed loopback ports."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.grpc_port = free_port()
+        self.http_port = free_port()
+        self.config = tmp_path / "collector.yaml"
+        self.config.write_text(collector_yaml(
+            str(tmp_path / "journal.db"), grpc_listen=f"127.0.0.1:{self.grpc_port}",
+            http_listen=f"127.0.0.1:{self.http_port}"))
+        self.log = tmp_path / "collector.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    async def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from probenet.cli import main; main()",
+                 "collector", "--config", str(self.config)],
+                cwd=ROOT, stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                status, _, _ = await http_get(self.url + "/readyz")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.1)
+        raise AssertionError("collector not ready in 60 s:\n" + self.log.read_text())
+
+    async def wait(self, timeout_s: float = 30) -> int:
+        assert self.proc is not None
+        return await asyncio.to_thread(self.proc.wait, timeout_s)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def process(tmp_path):
+    proc = CollectorProcess(tmp_path)
+    yield proc
+    proc.stop()
+
+
+async def test_kill_9_keeps_the_open_outage_and_its_id(process):
+    await process.start()
+    async with AsyncExitStack() as stack:
+        await fail_everywhere(stack, process.grpc_address, epoch=5)
+        [opened] = await http_json(process.url + "/api/v1/outages?active=true")
+        process.proc.send_signal(signal.SIGKILL)
+        assert await process.wait() == -signal.SIGKILL
+
+    await process.start()
+    [restored] = await http_json(process.url + "/api/v1/outages?active=true")
+    assert restored["id"] == opened["id"]
+    assert restored["scope"] == opened["scope"]
+    async with AsyncExitStack() as stack:
+        fleet = [await stack.enter_async_context(
+            TestAgent(process.grpc_address, a, r, epoch=6)) for a, r in FLEET]
+        for agent in fleet:
+            await agent.send([agent.result("web", success=False)])
+        await all_up(fleet)
+    records = await http_json(process.url + "/api/v1/outages")
+    assert [(r["id"], r["ended_at"] is not None) for r in records] == [(opened["id"], True)]
+
+
+async def test_sigterm_drains_streams_and_exits_0(process):
+    await process.start()
+    async with TestAgent(process.grpc_address, "fra-1", "eu") as agent:
+        await agent.send([agent.result("web")])
+        started = time.monotonic()
+        process.proc.send_signal(signal.SIGTERM)
+        code, details = await agent.status()
+        assert code is grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in details
+        with pytest.raises(StreamEndedError):
+            await agent.send([agent.result("web")])
+    assert await process.wait() == 0
+    assert time.monotonic() - started < 30  # generous: "a few seconds" on an idle machine
+    log = process.log.read_text()
+    assert "collector stopped" in log

@@ -1,0 +1,286 @@
+"""Per-kind facts (`details_of`) and the blackbox_exporter-compatible families built from them,
+read back through a real prometheus_client registry and checked by promtool."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from conftest import need_binary
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from probenet.v1 import probenet_pb2 as pb
+
+from collector import details
+from collector.classify import PairSample
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from prometheus_client.core import Metric
+
+EXPIRY = 1_900_000_000
+
+
+def result(kind: str, *, probe: str | None = None, success: bool = True, status_code: int = 0,
+           phases: dict[str, float] | None = None, **oneof: Any) -> pb.ProbeResult:
+    message = pb.ProbeResult(
+        seq=1, probe=probe or f"{kind}-probe", target=f"{kind}.example:443", kind=kind,
+        success=success, duration_seconds=0.5, status_code=status_code,
+        phases=[pb.PhaseDuration(name=n, seconds=s) for n, s in (phases or {}).items()],
+        **oneof)
+    return message
+
+
+def sample_of(message: pb.ProbeResult, agent: str = "fra-1",
+              region: str = "eu-central") -> PairSample:
+    return PairSample(agent=agent, region=region, probe=message.probe, target=message.target,
+                      kind=message.kind, success=message.success,
+                      duration_seconds=message.duration_seconds,
+                      status_code=message.status_code, at=1.0,
+                      details=details.details_of(message))
+
+
+class SamplesCollector:
+    """A prometheus_client collector serving kind_metric_families over fixed samples."""
+
+    def __init__(self, samples: Iterable[PairSample]) -> None:
+        self.samples = list(samples)
+
+    def collect(self) -> Iterator[Metric]:
+        return details.kind_metric_families(self.samples)
+
+
+def registry_of(*messages: pb.ProbeResult) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(SamplesCollector(sample_of(m) for m in messages))
+    return registry
+
+
+def labels(message: pb.ProbeResult, **extra: str) -> dict[str, str]:
+    return {"probe": message.probe, "target": message.target, "kind": message.kind,
+            "region": "eu-central", "agent": "fra-1", **extra}
+
+
+HTTPS = result(
+    "http", status_code=200,
+    phases={"resolve": 0.01, "connect": 0.02, "tls": 0.03, "processing": 0.04,
+            "transfer": 0.05},
+    http=pb.HttpDetails(http_version="1.1", redirects=2, content_length=1234,
+                        tls=pb.TlsFacts(earliest_cert_expiry=EXPIRY, version="TLS 1.3",
+                                        cipher="TLS_AES_128_GCM_SHA256")))
+DNS = result("dns", phases={"resolve": 0.001, "request": 0.02},
+             dns=pb.DnsDetails(answer_rrs=2, authority_rrs=1, additional_rrs=3,
+                               rcode="NOERROR"))
+ICMP = result("icmp", phases={"resolve": 0.002, "setup": 0.0001, "rtt": 0.45},
+              icmp=pb.IcmpDetails(sent=4, received=3, rtt_min_seconds=0.01,
+                                  rtt_avg_seconds=0.02, rtt_max_seconds=0.04,
+                                  rtt_stddev_seconds=0.005))
+TLS = result("tls", phases={"resolve": 0.003, "connect": 0.01, "tls": 0.02},
+             tls=pb.TlsDetails(tls=pb.TlsFacts(earliest_cert_expiry=EXPIRY + 5,
+                                               version="TLS 1.2", cipher="ECDHE-RSA-AES")))
+GRPC_NOT_SERVING = result("grpc", success=False, phases={"resolve": 0.0, "connect": 0.01},
+                          grpc=pb.GrpcDetails(serving_status="NOT_SERVING"))
+
+
+# --------------------------------------------------------------------------- details_of
+
+
+def test_nothing_to_keep_is_none():
+    assert details.details_of(result("tcp")) is None
+
+
+def test_phases_without_details_are_kept():
+    facts = details.details_of(result("tcp", success=False, phases={"resolve": 0.2}))
+    assert facts == details.ResultFacts((("resolve", 0.2),))
+
+
+def test_objects_that_are_not_results_give_none():
+    class Bare:
+        probe = "p"
+
+    assert details.details_of(Bare()) is None
+
+
+def test_http_facts_are_copied_out_of_the_message():
+    facts = details.details_of(HTTPS)
+    assert isinstance(facts, details.HttpFacts)
+    assert facts.http_version == 1.1
+    assert (facts.redirects, facts.content_length) == (2, 1234)
+    assert facts.tls == details.TlsSummary(EXPIRY, "TLS 1.3", "TLS_AES_128_GCM_SHA256")
+    assert facts.phase("tls") == 0.03
+    assert not hasattr(facts, "__dict__")  # slotted: cheap to keep per pair
+
+
+def test_plain_http_has_no_tls():
+    facts = details.details_of(result("http", http=pb.HttpDetails(http_version="HTTP/2")))
+    assert isinstance(facts, details.HttpFacts)
+    assert (facts.http_version, facts.tls) == (2.0, None)
+
+
+def test_unknown_phase_names_and_statuses_are_dropped():
+    facts = details.details_of(result(
+        "grpc", phases={"resolve": 0.1, "evil-phase": 1.0, "connect": float("nan")},
+        grpc=pb.GrpcDetails(serving_status="x" * 500)))
+    assert isinstance(facts, details.GrpcFacts)
+    assert facts.phases == (("resolve", 0.1),)
+    assert facts.serving_status == "UNKNOWN"
+
+
+def test_long_tls_strings_are_cut():
+    facts = details.details_of(result("tls", tls=pb.TlsDetails(
+        tls=pb.TlsFacts(version="v" * 1000, cipher="c" * 1000))))
+    assert isinstance(facts, details.TlsProbeFacts)
+    assert len(facts.tls.version) == len(facts.tls.cipher) == 64
+
+
+# --------------------------------------------------------------------------- families
+
+
+def test_http_families():
+    registry = registry_of(HTTPS)
+    get = registry.get_sample_value
+    assert get("probe_http_status_code", labels(HTTPS)) == 200
+    for phase, seconds in (("resolve", 0.01), ("connect", 0.02), ("tls", 0.03),
+                           ("processing", 0.04), ("transfer", 0.05)):
+        assert get("probe_http_duration_seconds", labels(HTTPS, phase=phase)) == seconds
+    assert get("probe_http_version", labels(HTTPS)) == 1.1
+    assert get("probe_http_redirects", labels(HTTPS)) == 2
+    assert get("probe_http_content_length", labels(HTTPS)) == 1234
+    assert get("probe_http_ssl", labels(HTTPS)) == 1
+    assert get("probe_ssl_earliest_cert_expiry", labels(HTTPS)) == EXPIRY
+    assert get("probe_tls_version_info", labels(HTTPS, version="TLS 1.3")) == 1
+    assert get("probe_tls_cipher_info", labels(HTTPS, cipher="TLS_AES_128_GCM_SHA256")) == 1
+    assert get("probe_dns_lookup_time_seconds", labels(HTTPS)) == 0.01
+
+
+def test_failed_http_without_response_still_reports_status_and_phases():
+    failed = result("http", success=False, phases={"resolve": 0.01, "connect": 0.3})
+    registry = registry_of(failed)
+    get = registry.get_sample_value
+    assert get("probe_http_status_code", labels(failed)) == 0
+    assert get("probe_http_duration_seconds", labels(failed, phase="connect")) == 0.3
+    assert get("probe_http_duration_seconds", labels(failed, phase="transfer")) == 0
+    assert get("probe_http_ssl", labels(failed)) is None  # unknown without details
+
+
+def test_http_without_anything_reports_the_status_code_only():
+    bare = result("http", success=False)
+    registry = registry_of(bare)
+    assert registry.get_sample_value("probe_http_status_code", labels(bare)) == 0
+    assert registry.get_sample_value("probe_http_duration_seconds",
+                                     labels(bare, phase="connect")) is None
+
+
+def test_dns_families():
+    registry = registry_of(DNS)
+    get = registry.get_sample_value
+    assert get("probe_dns_answer_rrs", labels(DNS)) == 2
+    assert get("probe_dns_authority_rrs", labels(DNS)) == 1
+    assert get("probe_dns_additional_rrs", labels(DNS)) == 3
+    assert get("probe_dns_duration_seconds", labels(DNS, phase="request")) == 0.02
+    assert get("probe_dns_duration_seconds", labels(DNS, phase="connect")) == 0
+    assert get("probe_dns_lookup_time_seconds", labels(DNS)) == 0.001
+
+
+def test_icmp_families():
+    registry = registry_of(ICMP)
+    get = registry.get_sample_value
+    assert get("probenet_icmp_packet_loss_ratio", labels(ICMP)) == 0.25
+    for stat, seconds in (("min", 0.01), ("avg", 0.02), ("max", 0.04), ("stddev", 0.005)):
+        assert get("probenet_icmp_rtt_seconds", labels(ICMP, stat=stat)) == seconds
+    assert get("probe_icmp_duration_seconds", labels(ICMP, phase="resolve")) == 0.002
+    assert get("probe_icmp_duration_seconds", labels(ICMP, phase="setup")) == 0.0001
+    # The rtt phase is the mean round trip, as blackbox_exporter's is one round trip.
+    assert get("probe_icmp_duration_seconds", labels(ICMP, phase="rtt")) == 0.02
+
+
+def test_icmp_total_loss_has_no_rtt_stats():
+    lost = result("icmp", success=False, phases={"resolve": 0.0, "setup": 0.0, "rtt": 0.9},
+                  icmp=pb.IcmpDetails(sent=3, received=0))
+    registry = registry_of(lost)
+    assert registry.get_sample_value("probenet_icmp_packet_loss_ratio", labels(lost)) == 1
+    assert registry.get_sample_value("probenet_icmp_rtt_seconds",
+                                     labels(lost, stat="avg")) is None
+    assert registry.get_sample_value("probe_icmp_duration_seconds",
+                                     labels(lost, phase="rtt")) == 0
+
+
+def test_tls_probe_families():
+    registry = registry_of(TLS)
+    get = registry.get_sample_value
+    assert get("probe_ssl_earliest_cert_expiry", labels(TLS)) == EXPIRY + 5
+    assert get("probe_tls_version_info", labels(TLS, version="TLS 1.2")) == 1
+    assert get("probe_tls_cipher_info", labels(TLS, cipher="ECDHE-RSA-AES")) == 1
+    assert get("probe_http_status_code", labels(TLS)) is None
+
+
+def test_grpc_state_set():
+    registry = registry_of(GRPC_NOT_SERVING)
+    get = registry.get_sample_value
+    values = {status: get("probe_grpc_healthcheck_response",
+                          labels(GRPC_NOT_SERVING, serving_status=status))
+              for status in ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")}
+    assert values == {"UNKNOWN": 0, "SERVING": 0, "NOT_SERVING": 1, "SERVICE_UNKNOWN": 0}
+
+
+def test_one_series_per_agent_and_no_empty_families():
+    first = sample_of(ICMP, agent="fra-1", region="eu-central")
+    second = sample_of(ICMP, agent="iad-1", region="us-east")
+    families = {f.name: f for f in details.kind_metric_families([first, second])}
+    loss = families["probenet_icmp_packet_loss_ratio"]
+    assert sorted(s.labels["agent"] for s in loss.samples) == ["fra-1", "iad-1"]
+    assert "probe_http_status_code" not in families
+    assert list(details.kind_metric_families([])) == []
+
+
+def test_samples_without_details_yield_nothing_but_http():
+    tcp = sample_of(result("tcp"))
+    assert list(details.kind_metric_families([tcp])) == []
+
+
+@given(st.sampled_from(["http", "dns", "icmp", "tls", "grpc", "tcp"]),
+       st.dictionaries(st.text(max_size=12), st.floats(allow_nan=True), max_size=6),
+       st.text(max_size=80))
+def test_any_result_exports_without_error(kind, phases, text):
+    oneof: dict[str, Any] = {
+        "http": {"http": pb.HttpDetails(http_version=text, tls=pb.TlsFacts(version=text))},
+        "dns": {"dns": pb.DnsDetails(rcode=text)},
+        "icmp": {"icmp": pb.IcmpDetails(sent=1, received=5)},
+        "tls": {"tls": pb.TlsDetails(tls=pb.TlsFacts(cipher=text))},
+        "grpc": {"grpc": pb.GrpcDetails(serving_status=text)},
+        "tcp": {},
+    }[kind]
+    message = result(kind, phases=phases, **oneof)
+    registry = registry_of(message)
+    assert generate_latest(registry)
+    loss = registry.get_sample_value("probenet_icmp_packet_loss_ratio", labels(message))
+    assert loss in (None, 0.0)  # more replies than requests never gives a negative loss
+    for family in registry.collect():
+        for sample in family.samples:
+            assert math.isfinite(sample.value), (family.name, sample)
+
+
+# --------------------------------------------------------------------------- promtool
+
+
+def test_exposition_passes_promtool_check_metrics():
+    promtool = need_binary("promtool", "prometheus")
+    registry = registry_of(HTTPS, DNS, ICMP, TLS, GRPC_NOT_SERVING,
+                           result("http", success=False, phases={"connect": 0.1}))
+    exposition = generate_latest(registry)
+    assert b"probe_grpc_healthcheck_response{" in exposition
+    checked = subprocess.run([promtool, "check", "metrics"], input=exposition,
+                             capture_output=True, timeout=60, check=False)
+    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+    assert checked.stdout.decode().strip() == "", checked.stdout.decode()
+
+
+@pytest.mark.parametrize("message", [HTTPS, DNS, ICMP, TLS, GRPC_NOT_SERVING])
+def test_every_family_carries_the_pair_labels(message):
+    for family in details.kind_metric_families([sample_of(message)]):
+        for sample in family.samples:
+            assert set(details.PAIR_LABELS) <= set(sample.labels), family.name
