@@ -84,6 +84,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "split_host_port",
+    "split_listen",
 ]
 
 ProbeKind = Literal["http", "tcp", "dns", "icmp", "tls", "grpc"]
@@ -195,12 +196,15 @@ def _check_host_port(value: str) -> str:
     return value
 
 
-def _check_listen(value: str) -> str:
-    """A listen address: like host:port, but port 0 (pick one) is allowed."""
+def split_listen(value: str) -> tuple[str, int]:
+    """Split a listen address: like `split_host_port`, but port 0 (pick one) is allowed."""
     if value.endswith(":0"):
-        split_host_port(value[:-2] + ":1")
-        return value
-    split_host_port(value)
+        return split_host_port(value[:-2] + ":1")[0], 0
+    return split_host_port(value)
+
+
+def _check_listen(value: str) -> str:
+    split_listen(value)
     return value
 
 
@@ -587,13 +591,20 @@ class AgentConfig(FrozenModel):
     """A whole agent.yaml."""
 
     agent: AgentIdentity
-    collectors: list[CollectorTarget] = Field(min_length=1)
+    collectors: list[CollectorTarget]
     defaults: ProbeDefaults = Field(default_factory=ProbeDefaults)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     buffer: BufferSettings = Field(default_factory=BufferSettings)
     metrics: MetricsSettings | None = None
     probes: list[ProbeSpec] = Field(default_factory=list)
+
+    @field_validator("collectors")
+    @classmethod
+    def _some_collector(cls, value: list[CollectorTarget]) -> list[CollectorTarget]:
+        if not value:
+            raise ValueError("list at least one collector to send results to")
+        return value
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> AgentConfig:

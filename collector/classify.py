@@ -153,6 +153,11 @@ def phase_name(index: int) -> str | None:
     return None
 
 
+def _ended(record: OutageRecord, now: float) -> OutageRecord:
+    """The record resolved at `now` (never before it was detected, whatever the clock did)."""
+    return dataclasses.replace(record, ended_at=max(now, record.detected_at))
+
+
 # A pair's verdict. Small ints: the hot path compares them.
 _NO_VERDICT = 0
 _UP = 1
@@ -186,10 +191,12 @@ class _Agent:
         "n_down",
         "n_fresh",
         "network",
+        "next_check",
         "next_scan",
         "pairs",
         "region",
         "stale",
+        "suspect",
     )
 
     def __init__(self, agent_id: str, region: str, labels: Mapping[str, str],
@@ -203,11 +210,16 @@ class _Agent:
         self.connected = True
         self.stale = False
         self.impaired = False
+        # Down on enough probes to be impaired, but no other region has seen those probes up
+        # since: a real outage, or a broken agent not yet found out. Its down verdicts need
+        # corroboration from another region, like a lone agent's single confirmed failure.
+        self.suspect = False
         self.counted = True  # not stale and not impaired: its verdicts count
         self.last_seen: float | None = None  # last result (collector clock)
         self.last_heard = now  # last result, or the first hello: staleness counts from it
         self.first_result_at: float | None = None
-        self.next_scan = now
+        self.next_scan = now  # next freshness scan of its pairs
+        self.next_check = now  # next impairment evidence scan (suspect or impaired)
         self.pairs: dict[str, _Pair] = {}
         self.n_fresh = 0  # pairs with a fresh verdict
         self.n_down = 0  # ... of which down
@@ -321,6 +333,7 @@ class _Pair(PairSample):
         "interval_ms",
         "probe_state",
         "region_state",
+        "stamp_ms",
         "streak",
         "verdict",
     )
@@ -335,6 +348,7 @@ class _Pair(PairSample):
         self.fresh = False
         self.streak = 0  # consecutive confirmed failures
         self.interval_ms = 0
+        self.stamp_ms = 0  # agent clock of the latest result
         self.first_fail_ms = 0  # agent clock of the current failing streak's first failure
         self.first_fail_at = 0.0  # collector clock of the same
         self.fail_phase = 0  # latest failure's phase index and reason
@@ -376,7 +390,7 @@ class Classifier:
         self._services: dict[str, _SideRecord] = {}
         self._isolated: dict[str, _SideRecord] = {}
         self._degraded: _SideRecord | None = None
-        self._suspects: set[str] = set()  # agents down on enough probes, not yet seen up elsewhere
+        self._suspects: set[str] = set()  # ids of agents with .suspect set
         self._flap_watch: set[str] = set()  # probes with state changes inside the flap window
         self._transitions: list[Transition] = []
         self._restored_at: float | None = None
@@ -429,7 +443,7 @@ class Classifier:
             else:
                 duplicates.append(record)  # malformed: names nothing it could be about
         for record in duplicates:
-            self._emit_outage(OutageEvent.RESOLVED, dataclasses.replace(record, ended_at=now), now)
+            self._emit_outage(OutageEvent.RESOLVED, _ended(record, now), now)
         for record in services:
             assert record.service is not None
             known = self._service_probes.setdefault(record.service, set())
@@ -494,6 +508,7 @@ class Classifier:
             pair.duration_seconds = result.duration_seconds
             pair.status_code = result.status_code
             pair.interval_ms = result.interval_ms
+            pair.stamp_ms = result.timestamp_ms
             if details_of is not None:
                 pair.details = details_of(result)
             if result.success:
@@ -520,10 +535,11 @@ class Classifier:
             if not agent.stale and now >= agent.next_scan:
                 agent.next_scan = now + agent.interval_s
                 self._expire_pairs(agent, now)
-        for agent_id in sorted(self._suspects):
-            agent = self._agents[agent_id]
-            if not agent.stale:
-                self._check_impairment(agent, now)
+        for agent in sorted(self._agents.values(), key=lambda a: a.id):
+            # Evidence scans cost O(probes x agents): once per agent interval is enough.
+            if (agent.suspect or agent.impaired) and not agent.stale and now >= agent.next_check:
+                agent.next_check = now + agent.interval_s
+                self._check_impairment(agent, now, thorough=True)
         for name in sorted(self._flap_watch):
             self._decay_flapping(self._probes[name], now)
         for region in sorted(self._isolated):
@@ -634,7 +650,7 @@ class Classifier:
         counts_changed = self._set_pair(pair, _UP, fresh=True)
         pair.streak = 0
         pair.first_fail_ms = 0
-        if counts_changed or agent.id in self._suspects:
+        if counts_changed:
             self._check_impairment(agent, now, skip=pair.probe_state)
         self._evaluate(pair.probe_state, now,
                        trigger=pair.region_state if agent.counted else None)
@@ -659,14 +675,14 @@ class Classifier:
             old_verdict = pair.verdict
             counts_changed = self._set_pair(pair, _DOWN, fresh=True)
             pair.streak += 1
-            if not (counts_changed or old_verdict != _DOWN or pair.streak == 2
-                    or agent.id in self._suspects):
-                return
+            # Streak 1 and 2 change what the vote weighs (firm; the lone-agent rule).
+            if not (counts_changed or old_verdict != _DOWN or pair.streak <= 2):
+                return  # a down verdict confirmed again: nothing to re-evaluate
         else:
             counts_changed = self._set_pair(pair, pair.verdict, fresh=True)
             if not counts_changed:
                 return  # pending: the verdict stands
-        if counts_changed or agent.id in self._suspects:
+        if counts_changed:
             self._check_impairment(agent, now, skip=probe)
         self._evaluate(probe, now)
 
@@ -703,40 +719,103 @@ class Classifier:
 
     # -- agents ----------------------------------------------------------------------------
 
-    def _check_impairment(self, agent: _Agent, now: float, skip: _Probe | None = None) -> None:
-        """Impairment rule; on a change, re-evaluate the agent's probes (but `skip`)."""
+    def _check_impairment(self, agent: _Agent, now: float, skip: _Probe | None = None, *,
+                          thorough: bool = False) -> None:
+        """The impairment rule; on a change, re-evaluate the agent's probes (but `skip`).
+
+        Down on at least impaired_ratio of its fresh verdicts and impaired_min_probes of them
+        makes an agent a suspect; it is impaired once other regions have seen at least
+        impaired_min_probes of those probes up *after* its failures began (an up verdict
+        from before the onset of a real outage is no evidence). It recovers when fewer than
+        impaired_ratio of its probes are down, or when the other regions no longer see
+        impaired_min_probes of its down probes up (they went down too: a real outage).
+
+        On the results path (not `thorough`) only the counts are checked, plus one evidence
+        scan when an agent first qualifies; `tick` re-scans suspects and impaired agents.
+        """
         params = self._params
         if agent.stale:
             return
+        fresh, down = agent.n_fresh, agent.n_down
         if agent.impaired:
             # An agent with no fresh verdict keeps its flag until it says otherwise.
-            if agent.n_fresh and agent.n_down < params.impaired_ratio * agent.n_fresh:
+            if fresh and (down < params.impaired_ratio * fresh or (
+                    thorough and self._seen_up(agent, after_failure=False)
+                    < params.impaired_min_probes)):
                 self._set_impaired(agent, impaired=False, now=now, skip=skip)
             return
-        if (agent.n_down < params.impaired_min_probes
-                or agent.n_down < params.impaired_ratio * agent.n_fresh):
-            self._suspects.discard(agent.id)
+        if down < params.impaired_min_probes or down < params.impaired_ratio * fresh:
+            if agent.suspect:
+                self._set_suspect(agent, suspect=False, now=now, skip=skip)
             return
-        seen_up = 0
+        if agent.suspect and not thorough:
+            return
+        if self._seen_up(agent, after_failure=True) >= params.impaired_min_probes:
+            self._set_impaired(agent, impaired=True, now=now, skip=skip)
+        elif not agent.suspect:
+            self._set_suspect(agent, suspect=True, now=now, skip=skip)
+
+    def _seen_up(self, agent: _Agent, *, after_failure: bool) -> int:
+        """How many of the agent's down probes another region sees up (up to the threshold).
+
+        `after_failure`: count only up results newer than the agent's first failure there.
+        """
+        enough = self._params.impaired_min_probes
+        seen = 0
         for pair in agent.pairs.values():
-            if pair.fresh and pair.verdict == _DOWN:
-                for region in pair.probe_state.regions.values():
-                    if region.verdict is _V_UP and region.name != agent.region:
-                        seen_up += 1
-                        break
-                if seen_up >= params.impaired_min_probes:
-                    self._suspects.discard(agent.id)
-                    self._set_impaired(agent, impaired=True, now=now, skip=skip)
-                    return
-        self._suspects.add(agent.id)
+            if pair.fresh and pair.verdict == _DOWN and self._up_elsewhere(pair, after_failure):
+                seen += 1
+                if seen >= enough:
+                    break
+        return seen
+
+    @staticmethod
+    def _up_elsewhere(pair: _Pair, after_failure: bool) -> bool:
+        home = pair.region_state
+        for region in pair.probe_state.regions.values():
+            if region is home or region.verdict is not _V_UP:
+                continue
+            if not after_failure:
+                return True
+            for other in region.pairs:
+                if not (other.success and other.fresh and other.verdict == _UP
+                        and other.agent_state.counted):
+                    continue
+                # Agent clocks when both are sane (NTP-close), else the receipt times.
+                if pair.first_fail_ms > 0 and other.stamp_ms > 0:
+                    if other.stamp_ms > pair.first_fail_ms:
+                        return True
+                elif other.at > pair.first_fail_at:
+                    return True
+        return False
+
+    def _set_suspect(self, agent: _Agent, *, suspect: bool, now: float,
+                     skip: _Probe | None) -> None:
+        agent.suspect = suspect
+        if suspect:
+            self._suspects.add(agent.id)
+        else:
+            self._suspects.discard(agent.id)
+        for pair in list(agent.pairs.values()):
+            if pair.probe_state is not skip and pair.fresh and pair.verdict == _DOWN:
+                self._evaluate(pair.probe_state, now)
 
     def _set_impaired(self, agent: _Agent, *, impaired: bool, now: float,
                       skip: _Probe | None) -> None:
+        if not impaired:
+            # Down verdicts from the impaired time must be confirmed again before they count
+            # as firm: an agent whose network heals probe by probe opens nothing on the way.
+            for pair in agent.pairs.values():
+                if pair.verdict == _DOWN:
+                    pair.streak = 0
         agent.set_flags(impaired=impaired)
+        agent.suspect = False
+        self._suspects.discard(agent.id)
         self._agent_changed(agent, now, skip=skip)
 
     def _mark_stale(self, agent: _Agent, now: float) -> None:
         agent.set_flags(stale=True)
+        agent.suspect = False
         self._suspects.discard(agent.id)
         self._agent_changed(agent, now)
 
@@ -793,26 +872,40 @@ class Classifier:
         regions = probe.regions.values()
         raw_down = 0
         for region in regions:
-            eligible = down = streak = 0
+            eligible = down = firm_eligible = firm_down = firm_streak = 0
             for pair in region.pairs:
-                if pair.verdict and pair.fresh and pair.agent_state.counted:
-                    eligible += 1
-                    if pair.verdict == _DOWN:
-                        down += 1
-                        streak = pair.streak
+                vote = pair.verdict
+                if vote and pair.fresh:
+                    agent = pair.agent_state
+                    if agent.counted:
+                        eligible += 1
+                        if vote == _DOWN:
+                            down += 1
+                        # Firm votes: not a suspect's, and a down vote confirmed since
+                        # the agent last counted (streak 0: carried over from impairment).
+                        if not agent.suspect and (vote != _DOWN or pair.streak):
+                            firm_eligible += 1
+                            if vote == _DOWN:
+                                firm_down += 1
+                                firm_streak = pair.streak
             if eligible == 0:
                 region.raw = _V_UNKNOWN
             elif 2 * down > eligible:
                 region.raw = _V_DOWN
-                region.weak = eligible == 1 and streak < 2
                 raw_down += 1
+                # Firm: a majority without suspects, and not one agent's single failure.
+                region.weak = not (2 * firm_down > firm_eligible
+                                   and (firm_eligible > 1 or firm_streak >= 2))
             else:
                 region.raw = _V_UP
         changed = False
         for region in regions:
             raw = region.raw
             if raw is _V_DOWN and region.weak and raw_down < 2:
-                raw = _V_UP  # a lone agent's single confirmed failure, seen nowhere else
+                # Not firm (a lone agent's first failure, suspects), and seen nowhere else.
+                # Still a down vote: it breaks a recovery's run of ups.
+                region.up_streak = 0
+                raw = _V_UP
             if raw is _V_DOWN:
                 region.down_memory = True
                 region.up_streak = 0
@@ -888,7 +981,7 @@ class Classifier:
                 self._update_probe_outage(probe, outage, now)
         elif state is TargetState.UP and outage is not None and not probe.flapping:
             probe.outage = None
-            record = dataclasses.replace(outage.record, ended_at=now)
+            record = _ended(outage.record, now)
             self._emit_outage(OutageEvent.RESOLVED, record, now)
             if record.service:
                 self._reconcile_service(record.service, now)
@@ -993,7 +1086,7 @@ class Classifier:
         if not open_records:
             assert side is not None
             del self._services[service]
-            ended = dataclasses.replace(side.record, ended_at=now)
+            ended = _ended(side.record, now)
             self._emit_outage(OutageEvent.RESOLVED, ended, now)
             return
         scope = (Scope.GLOBAL if any(r.scope is Scope.GLOBAL for r in open_records)
@@ -1087,7 +1180,7 @@ class Classifier:
                 for a in self._agents_by_region.get(region, ())):
             return  # adopted after a restart: wait for an agent of the region to vouch
         del self._isolated[region]
-        self._emit_outage(OutageEvent.RESOLVED, dataclasses.replace(side.record, ended_at=now),
+        self._emit_outage(OutageEvent.RESOLVED, _ended(side.record, now),
                           now)
 
     def _reconcile_degraded(self, now: float) -> None:
@@ -1136,7 +1229,7 @@ class Classifier:
             if now - self._restored_at < window:
                 return
         self._degraded = None
-        self._emit_outage(OutageEvent.RESOLVED, dataclasses.replace(side.record, ended_at=now),
+        self._emit_outage(OutageEvent.RESOLVED, _ended(side.record, now),
                           now)
         # Outages that were held back open now if their evidence still holds.
         for name in sorted(self._probes):

@@ -19,11 +19,13 @@ original name. A probe `api/v2+beta#1` is published on `{prefix}/state/api%2Fv2%
 
 Delivery. `submit` never blocks and never raises: it queues. One task publishes the queue in
 order, one message at a time; with QoS 1 or 2 a message counts as published (and leaves the
-queue) only when the broker acknowledged it. While the broker is away the collector keeps
-running and the publisher reconnects with capped, jittered exponential backoff. Meanwhile:
+queue) only when the broker acknowledged it (with QoS 0, once written to the socket). While
+the broker is away the collector keeps running and the publisher reconnects with capped,
+jittered exponential backoff (each change of connection state is logged once). Meanwhile:
 
-- events wait in a queue of at most `queue_size`; when it is full the oldest waiting event is
-  dropped and counted in `probenet_mqtt_dropped_total{kind="event"}` (logged once per episode);
+- events wait in a queue of at most `queue_size` (plus the one being published); when it is
+  full the oldest waiting event is dropped and counted in
+  `probenet_mqtt_dropped_total{kind="event"}` (logged once per episode);
 - state changes are coalesced per probe (only the newest view of a probe waits), so they
   never overflow the queue;
 - an event whose publish was cut off stays at the head of the queue and is sent again after
@@ -35,6 +37,10 @@ running and the publisher reconnects with capped, jittered exponential backoff. 
   `initial_states`, that of probes that had no change yet, stamped with the time it was
   first seen), so the retained state is current even when the broker restarted without
   persistence.
+
+What is still queued when the publisher stops is counted as dropped too (the journal keeps
+every event). TLS is used with `mqtts://` or when `mqtt.tls` is set; the password is read
+from `mqtt.password_file` when the publisher starts.
 
 Metrics (on the registry passed in): `probenet_mqtt_connected`,
 `probenet_mqtt_published_total{kind}`, `probenet_mqtt_dropped_total{kind}`,
@@ -150,8 +156,9 @@ class MqttPublisher:
 
     An async context manager: entering starts the publishing task and returns at once, even
     when the broker is unreachable (the collector must start without it); leaving publishes
-    what is queued for up to `drain_timeout_s` if connected, says goodbye, and stops.
-    `submit` is called on the event loop's thread.
+    what is queued for up to `drain_timeout_s` if connected, says goodbye, and stops. Enter
+    and leave it in the same task; call `submit` on the event loop's thread (before entering
+    is fine: it queues).
     """
 
     def __init__(
@@ -436,6 +443,7 @@ class MqttPublisher:
         """Connect, publish, reconnect after backoff; only returns when stopping."""
         backoff_step = 0  # grows with failed connects and with sessions that die young
         failed_connects = 0
+        warned = False  # one warning per outage of the broker, then debug until connected
         while not self._stopping.is_set():
             session_started_at: float | None = None
             client: aiomqtt.Client | None = None
@@ -451,6 +459,7 @@ class MqttPublisher:
                         "broker": str(self._broker), "client_id": self._client_id,
                         "failed_attempts": failed_connects})
                     failed_connects = 0
+                    warned = False
                     self._queue_all_states()
                     await self._serve(client)
                     return
@@ -463,13 +472,15 @@ class MqttPublisher:
                     # A broker that accepts then drops us at once (e.g. another client with
                     # our id) must not be hammered: only a stable session resets the backoff.
                     backoff_step = 1 if lived_s >= _STABLE_SESSION_S else backoff_step + 1
+                    warned = True
                     log.warning("mqtt: connection lost, reconnecting", extra={
                         "broker": str(self._broker), "error": error,
                         "session_s": round(lived_s, 3), "queue_depth": self.queue_depth})
                 else:
                     backoff_step += 1
                     failed_connects += 1
-                    if failed_connects == 1:
+                    if not warned:
+                        warned = True
                         log.warning("mqtt: broker unreachable, retrying with backoff", extra={
                             "broker": str(self._broker), "error": error})
                     else:

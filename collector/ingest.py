@@ -12,8 +12,9 @@ once per (agent, reason). Reasons:
 
 - stream level (the stream ends with a status): `no_hello`, `hello_timeout`, `bad_hello`,
   `unknown_agent`, `missing_token`, `bad_token`, `wrong_region`, `identity_mismatch`,
-  `stale_epoch`, `malformed`, `empty_message`, `unexpected_hello`, `batch_too_large`,
-  `draining`;
+  `stale_epoch`, `malformed`, `message_too_large`, `empty_message`, `unexpected_hello`,
+  `batch_too_large`, `draining` (messages over twice `max_message_bytes` are cut by grpc
+  itself, uncounted);
 - result level (the result is dropped, acknowledged, and the stream goes on): `bad_seq`,
   `seq_order`, `bad_probe`, `bad_kind`, `bad_duration`, `bad_phase`, `field_too_long`.
 """
@@ -29,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from probenet.v1 import probenet_pb2 as pb
 
 from collector.config import AgentEntry, CollectorConfig, LimitsConfig, read_secret
 from collector.errors import StreamRejectedError
 from collector.model import PHASE_NAMES
+from probenet.v1 import probenet_pb2 as pb
 from probenet.version import __version__
 
 if TYPE_CHECKING:
@@ -253,8 +254,11 @@ class IngestServicer:
                                       "the first message must be Hello")
         return message.hello
 
-    @staticmethod
-    def _parse(data: bytes) -> pb.AgentMessage:
+    def _parse(self, data: bytes) -> pb.AgentMessage:
+        if len(data) > self._limits.max_message_bytes:
+            raise StreamRejectedError(
+                _S.RESOURCE_EXHAUSTED, "message_too_large",
+                f"a {len(data)}-byte message; the limit is {self._limits.max_message_bytes}")
         try:
             return pb.AgentMessage.FromString(data)
         except (DecodeError, RuntimeError, ValueError) as exc:

@@ -52,7 +52,9 @@ def grpc_server_options(config: CollectorConfig) -> list[tuple[str, Any]]:
     """The gRPC server's explicit options: message limits and keepalive."""
     limit = config.limits.max_message_bytes
     return [
-        ("grpc.max_receive_message_length", limit),
+        # Twice the limit at the transport: the ingest rejects (and counts) messages between
+        # the limit and this hard cap itself; grpc ends streams past the cap uncounted.
+        ("grpc.max_receive_message_length", 2 * limit),
         ("grpc.max_send_message_length", limit),
         # Keepalive: find dead agents within ~40 s; let agents ping every 10 s at most.
         ("grpc.keepalive_time_ms", 30_000),

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, Self
 
 import grpc
+
 from probenet.v1 import probenet_pb2 as pb
 
 if TYPE_CHECKING:
@@ -22,8 +23,9 @@ if TYPE_CHECKING:
 
 METHOD = "/probenet.v1.Ingest/Stream"
 DEADLINE_S = 15.0
-PHASES = {"": 0, "dns": 1, "connect": 2, "tls": 3, "request": 4, "response": 5,
-          "validation": 6, "timeout": 7}
+PHASES = {"": pb.PHASE_UNSPECIFIED, "dns": pb.PHASE_DNS, "connect": pb.PHASE_CONNECT,
+          "tls": pb.PHASE_TLS, "request": pb.PHASE_REQUEST, "response": pb.PHASE_RESPONSE,
+          "validation": pb.PHASE_VALIDATION, "timeout": pb.PHASE_TIMEOUT}
 
 
 def make_result(seq: int, probe: str, *, success: bool = True, confirmed: bool = True,
@@ -36,7 +38,8 @@ def make_result(seq: int, probe: str, *, success: bool = True, confirmed: bool =
     return pb.ProbeResult(
         seq=seq, probe=probe, target=target or f"https://{probe}.example/", kind=kind,
         service=service, success=success, confirmed=confirmed and not success,
-        failed_phase=0 if success else PHASES[phase], reason="" if success else reason,
+        failed_phase=pb.PHASE_UNSPECIFIED if success else PHASES[phase],
+        reason="" if success else reason,
         duration_seconds=duration_seconds,
         status_code=status_code or (200 if success and kind == "http" else 0),
         timestamp_ms=timestamp_ms if timestamp_ms is not None else int(time.time() * 1000),

@@ -1,16 +1,25 @@
 """A real Mosquitto broker for tests: started from its Debian binary on a free loopback port.
 
-    from mosquitto import mosquitto_broker  # noqa: F401  (re-export the fixture in a test module)
+    from mosquitto import collect_messages, start_broker, subscribed
+    from mosquitto import mosquitto_broker_fixture  # noqa: F401 (the `mosquitto_broker` fixture)
 
-    async def test_x(mosquitto_broker):
-        url = mosquitto_broker.url                  # mqtt://127.0.0.1:PORT
-        await mosquitto_broker.stop_async()         # the port stays reserved for this broker
-        await mosquitto_broker.start_async()        # same port, fresh broker (no persistence)
+    @pytest.fixture
+    def broker(mosquitto_broker):                   # or start_broker(tmp_path / "m", ...)
+        return mosquitto_broker
 
-Each broker writes its generated config and its log in its own directory (tmp_path); the log
-tail is part of every start failure. `need_binary` skips on a laptop without mosquitto and
-fails when CI=true. `collect_messages` subscribes a separate aiomqtt client and gathers what
-arrives, bounded by a count and a deadline.
+    async def test_x(broker):
+        url = broker.url                            # mqtt://127.0.0.1:PORT
+        async with subscribed(broker, "t/#") as sub:
+            ...
+            got = await collect_messages(sub, count=3, timeout_s=20)
+        await broker.stop_async()                   # the code under test keeps running
+        await broker.start_async()                  # same port again, a fresh broker
+
+Each broker writes its generated config, its log and (with `persistent=True`) its database
+in its own directory; the log tail is part of every start failure. Readiness is a real MQTT
+CONNECT answered by a CONNACK. `need_binary` skips on a laptop without mosquitto and fails
+when CI=true. Restarting reuses the port; should another process take it in between, the
+start fails with the broker's log.
 """
 
 from __future__ import annotations
@@ -254,8 +263,8 @@ def write_password_file(path: Path, users: dict[str, str]) -> Path:
     return path
 
 
-@pytest.fixture
-def mosquitto_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+@pytest.fixture(name="mosquitto_broker")
+def mosquitto_broker_fixture(tmp_path: Path) -> Iterator[MosquittoBroker]:
     """A running anonymous broker on a free loopback port, stopped after the test."""
     broker = start_broker(tmp_path / "mosquitto")
     try:

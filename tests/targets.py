@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self, cast
 
@@ -92,6 +93,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     peer: str
+    at: float = field(default_factory=time.monotonic)  # when it arrived (monotonic clock)
 
 
 def _rst(transport: asyncio.BaseTransport) -> None:
@@ -509,12 +511,22 @@ class DnsResponder:
                 if reply is not None:
                     self.transport.sendto(reply, addr)
 
-        transport, _ = await loop.create_datagram_endpoint(
-            _Udp, local_addr=(self.host, self.port))
-        self._udp = cast("asyncio.DatagramTransport", transport)
-        self.port = transport.get_extra_info("sockname")[1]
-        self._tcp = await asyncio.start_server(self._handle_tcp, self.host, self.port)
-        return self
+        wanted = self.port
+        for _ in range(50):  # port 0: find a port free for both UDP and TCP
+            transport, _ = await loop.create_datagram_endpoint(
+                _Udp, local_addr=(self.host, wanted))
+            port = transport.get_extra_info("sockname")[1]
+            try:
+                self._tcp = await asyncio.start_server(self._handle_tcp, self.host, port)
+            except OSError:
+                transport.close()
+                if wanted:
+                    raise
+                continue
+            self._udp = cast("asyncio.DatagramTransport", transport)
+            self.port = port
+            return self
+        raise RuntimeError("no port free for both UDP and TCP")
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Stop both listeners."""

@@ -13,6 +13,7 @@ label): resolve, connect, tls, processing, transfer (http); resolve, setup, rtt 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,7 +55,7 @@ class PhaseTracker:
 
     __slots__ = ("_clock", "_started", "_timing", "current", "durations", "start")
 
-    def __init__(self, clock: Any = time.perf_counter) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         """Start the run now."""
         self._clock = clock
         self.start: float = clock()

@@ -152,15 +152,19 @@ class GrpcProbe:
 
     async def _connect(self, channel: grpc.aio.Channel, where: str) -> None:
         """Wait until the channel is READY; ProbeFailure when the connection attempt fails."""
-        async with asyncio.timeout(self.timeout_s + _DEADLINE_SLACK_S):
-            state = channel.get_state(try_to_connect=True)
-            while state != grpc.ChannelConnectivity.READY:
-                if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE,
-                             grpc.ChannelConnectivity.SHUTDOWN):
-                    raise ProbeFailure("connect", "grpc_unavailable",
-                                       await self._why_unavailable(channel, where))
-                await channel.wait_for_state_change(state)
+        try:
+            async with asyncio.timeout(self.timeout_s + _DEADLINE_SLACK_S):
                 state = channel.get_state(try_to_connect=True)
+                while state != grpc.ChannelConnectivity.READY:
+                    if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                                 grpc.ChannelConnectivity.SHUTDOWN):
+                        raise ProbeFailure("connect", "grpc_unavailable",
+                                           await self._why_unavailable(channel, where))
+                    await channel.wait_for_state_change(state)
+                    state = channel.get_state(try_to_connect=True)
+        except TimeoutError as exc:  # only without the scheduler's (shorter) deadline
+            raise ProbeFailure("connect", "connect_timeout",
+                               f"{where}: not connected within {self.timeout_s:g}s") from exc
 
     async def _why_unavailable(self, channel: grpc.aio.Channel, where: str) -> str:
         """The channel's last connection error, which only a failing call reports."""

@@ -334,8 +334,10 @@ class IcmpProbe:
             :max(0, self.payload_bytes - len(exchange.cookie))]
         for index in range(self.count):
             if index:
-                if loop.time() + self.spacing_s >= deadline:
-                    break  # the rest could not be answered in time: do not count them
+                # Send only what leaves its reply at least one spacing before the deadline;
+                # the rest could not fairly be answered in time, and is not counted.
+                if loop.time() + 2 * self.spacing_s > deadline:
+                    break
                 await asyncio.sleep(self.spacing_s)
             sequence = index + 1
             packet = echo_request(exchange.family, exchange.identifier, sequence, payload)

@@ -110,6 +110,7 @@ class FleetPlan:
     classification: Mapping[str, Any] = field(default_factory=dict)
     tokens: bool = True
     confirm_delay_s: float | None = None  # None: the agent's default
+    collector_settings: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"tick": "250ms"}
 
     def __post_init__(self) -> None:
         """Refuse plans the agents or the collector would refuse later, with a clearer word."""
@@ -192,6 +193,7 @@ def collector_config(plan: FleetPlan, workdir: Path) -> dict[str, Any]:
     }
     if plan.classification:
         config["classification"] = dict(plan.classification)
+    config.update(plan.collector_settings)
     return config
 
 

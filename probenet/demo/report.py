@@ -23,6 +23,11 @@ class DemoEvent:
     fields: dict[str, Any]
 
 
+def _label(outage: OutageEntry) -> str:
+    """`probe social-web`, `service social`, `region ap-south`, `monitoring_degraded`."""
+    return f"probe {outage.subject}" if outage.kind == "probe" else outage.subject
+
+
 def _outage_fields(outage: OutageEntry) -> dict[str, Any]:
     return {"id": outage.id, "kind": outage.kind, "about": outage.subject,
             "scope": outage.scope, "regions": ",".join(outage.regions),
@@ -50,19 +55,19 @@ class FleetObserver:
             if before is None:
                 events.append(DemoEvent(
                     "outage_opened",
-                    f"outage opened: {outage.kind} {outage.subject}, {outage.scope} "
+                    f"outage opened: {_label(outage)}, {outage.scope} "
                     f"({', '.join(outage.regions) or '-'}), phase {outage.phase or '-'}, "
                     f"detected {format_seconds(outage.detection_seconds)} after the first "
                     "failure", _outage_fields(outage)))
             elif before.scope != outage.scope:
                 events.append(DemoEvent(
                     "outage_scope_changed",
-                    f"outage {outage.subject}: scope {before.scope} -> {outage.scope} "
+                    f"outage {_label(outage)}: scope {before.scope} -> {outage.scope} "
                     f"({', '.join(outage.regions) or '-'})", _outage_fields(outage)))
         for outage_id, outage in self._open.items():
             if outage_id not in now_open:
                 events.append(DemoEvent(
-                    "outage_resolved", f"outage resolved: {outage.kind} {outage.subject}",
+                    "outage_resolved", f"outage resolved: {_label(outage)}",
                     _outage_fields(outage)))
         self._open = now_open
 
@@ -109,7 +114,7 @@ class DemoSummary:
         out = [f"summary after {format_seconds(self.elapsed_s)}: phases played: {played}"]
         out.append(f"outages opened: {len(self.outages)}")
         for o in sorted(self.outages, key=lambda o: o.started_at):
-            about = o.subject
+            about = o.probe or o.service or o.region or o.kind
             if o.kind == "service" and o.probes:
                 about += f" ({', '.join(o.probes)})"
             ended = "still open" if o.ended_at is None else \

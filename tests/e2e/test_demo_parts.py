@@ -7,7 +7,7 @@ import asyncio
 import datetime as dt
 import socket
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import dns.asyncquery
@@ -18,6 +18,8 @@ import pytest
 import yaml
 from rich.console import Console
 
+from agent.config import load_config as load_agent
+from collector.config import load_config as load_collector
 from probenet.demo.errors import ApiError, DemoError, TargetsError
 from probenet.demo.fleet import AgentSeat, FleetPlan, ProbePlan, write_configs
 from probenet.demo.report import DemoSummary, FleetObserver
@@ -32,10 +34,18 @@ from probenet.demo.scenario import (
     demo_schedule,
 )
 from probenet.demo.schedule import PHASE_INTERVALS, Fault, Phase, Schedule, ScheduledFaults
-from probenet.demo.snapshot import AgentEntry, FleetSnapshot, OutageEntry, TargetEntry, \
-    parse_entries
+from probenet.demo.snapshot import (
+    AgentEntry,
+    FleetSnapshot,
+    OutageEntry,
+    TargetEntry,
+    parse_entries,
+)
 from probenet.demo.table import DemoStatus, render_dashboard
 from probenet.demo.targets import TCP_BANNER, FaultMode, FaultyTargets
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 HEALTHY = "127.0.9.1"
 ERROR = "127.0.9.2"
@@ -257,9 +267,6 @@ def test_demo_story_faults():
 
 
 async def test_generated_configs_pass_the_real_loaders(tmp_path: Path):
-    from agent.config import load_config as load_agent
-    from collector.config import load_config as load_collector
-
     plan = FleetPlan(agents=AGENTS, probes=PROBES, interval_s=0.5, http_port=19464,
                      grpc_port=17070, classification={"global_ratio": 0.8})
     async with FaultyTargets(by_peer, tcp_probes=plan.tcp_probes) as targets:
@@ -307,7 +314,7 @@ def api_targets(state: str, down: list[str]) -> list[dict]:
          "regions": {r: ("down" if r in down else "up") for r in regions},
          "flapping": False, "added_later": 1},
         {"probe": "cdn-dns", "target": "cdn-dns.probenet.test", "service": "cdn",
-         "kind": "dns", "state": "unknown", "regions": {r: "unknown" for r in regions}},
+         "kind": "dns", "state": "unknown", "regions": dict.fromkeys(regions, "unknown")},
     ]
 
 

@@ -83,8 +83,8 @@ async def test_record_types():
 
 async def test_cname_chain_answers_the_a_query():
     async with DnsResponder(TABLE) as server:
-        outcome = await probe_once(spec_for(
-            "alias.example.test", f'{{server: "{server.address}", answer_regex: "^192\\\\.0\\\\.2\\\\."}}'))
+        options = f'{{server: "{server.address}", answer_regex: "^192\\\\.0\\\\.2\\\\."}}'
+        outcome = await probe_once(spec_for("alias.example.test", options))
     assert outcome.success, outcome
     assert outcome.details.answer_rrs == 3
 

@@ -5,6 +5,7 @@ Time is the service's injected clock, moved by hand; nothing sleeps.
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 
 import pytest
@@ -37,11 +38,19 @@ async def agents(stack: AsyncExitStack, address: str, *specs: tuple[str, str],
             for agent_id, region in specs]
 
 
-async def round_of(fleet: list[TestAgent], probes=PROBES, *, failing=(), failing_probes=()):
-    """Every agent sends one result per probe; agents in `failing` fail `failing_probes`."""
-    for agent in fleet:
-        await agent.send([agent.result(p, success=not (agent.agent_id in failing
-                                                       and p in failing_probes))
+async def round_of(fleet: list[TestAgent], clock: ManualClock, probes=PROBES, *,
+                   failing=(), failing_probes=()):
+    """One probe interval: every agent sends one result per probe, one after the other.
+
+    Agents in `failing` fail `failing_probes`. The service clock and the results' agent
+    timestamps move together, 200 ms per round and 1 ms per agent within a round.
+    """
+    clock.advance(0.2)
+    for i, agent in enumerate(fleet):
+        stamp = int(clock.now * 1000) + i
+        await agent.send([agent.result(p, timestamp_ms=stamp,
+                                       success=not (agent.agent_id in failing
+                                                    and p in failing_probes))
                           for p in probes])
 
 
@@ -57,14 +66,14 @@ async def target(service, probe: str) -> dict:
 
 
 async def test_global_outage_from_every_region(collector):
-    service, _ = collector
+    service, clock = collector
     async with AsyncExitStack() as stack:
         fleet = await agents(stack, service.grpc_address,
                              ("fra-1", "eu"), ("iad-1", "us"), ("sin-1", "ap"))
-        await round_of(fleet)
+        await round_of(fleet, clock)
         all_agents = {"fra-1", "iad-1", "sin-1"}
-        await round_of(fleet, failing=all_agents, failing_probes={"web"})
-        await round_of(fleet, failing=all_agents, failing_probes={"web"})
+        await round_of(fleet, clock, failing=all_agents, failing_probes={"web"})
+        await round_of(fleet, clock, failing=all_agents, failing_probes={"web"})
 
         web = await target(service, "web")
         assert web["state"] == "global_outage"
@@ -97,13 +106,13 @@ async def test_global_outage_from_every_region(collector):
 
 
 async def test_regional_outage_names_the_region(collector):
-    service, _ = collector
+    service, clock = collector
     async with AsyncExitStack() as stack:
         fleet = await agents(stack, service.grpc_address, ("fra-1", "eu"), ("fra-2", "eu"),
                              ("iad-1", "us"), ("sin-1", "ap"))
-        await round_of(fleet)
+        await round_of(fleet, clock)
         for _ in range(2):
-            await round_of(fleet, failing={"fra-1", "fra-2"}, failing_probes={"web"})
+            await round_of(fleet, clock, failing={"fra-1", "fra-2"}, failing_probes={"web"})
 
         web = await target(service, "web")
         assert web["state"] == "regional_outage"
@@ -117,13 +126,14 @@ async def test_regional_outage_names_the_region(collector):
 
 
 async def test_impaired_agent_is_left_out_and_opens_nothing(collector):
-    service, _ = collector
+    service, clock = collector
     async with AsyncExitStack() as stack:
         fleet = await agents(stack, service.grpc_address, ("fra-1", "eu"), ("fra-2", "eu"),
                              ("iad-1", "us"), ("sin-1", "ap"))
-        await round_of(fleet)
+        await round_of(fleet, clock)
         for _ in range(3):
-            await round_of(fleet, failing={"fra-1"}, failing_probes=set(PROBES))
+            await round_of(fleet, clock, failing={"fra-1"}, failing_probes=set(PROBES))
+            service.tick()  # the once-a-second re-check of suspects
 
         by_id = {a["id"]: a for a in await http_json(service.http.url + "/api/v1/agents")}
         assert by_id["fra-1"]["impaired"] is True
@@ -136,13 +146,14 @@ async def test_impaired_agent_is_left_out_and_opens_nothing(collector):
 
 
 async def test_lone_impaired_agent_leaves_its_region_unknown(collector):
-    service, _ = collector
+    service, clock = collector
     async with AsyncExitStack() as stack:
         fleet = await agents(stack, service.grpc_address,
                              ("fra-1", "eu"), ("iad-1", "us"), ("sin-1", "ap"))
-        await round_of(fleet)
+        await round_of(fleet, clock)
         for _ in range(3):
-            await round_of(fleet, failing={"sin-1"}, failing_probes=set(PROBES))
+            await round_of(fleet, clock, failing={"sin-1"}, failing_probes=set(PROBES))
+            service.tick()  # the once-a-second re-check of suspects
 
         by_id = {a["id"]: a for a in await http_json(service.http.url + "/api/v1/agents")}
         assert by_id["sin-1"]["impaired"] is True
@@ -158,15 +169,15 @@ async def test_stale_agent_is_reported_and_left_out(collector):
     async with AsyncExitStack() as stack:
         fleet = await agents(stack, service.grpc_address,
                              ("fra-1", "eu"), ("iad-1", "us"), ("sin-1", "ap"))
-        await round_of(fleet)
+        await round_of(fleet, clock)
         text = await scrape(service)
         assert metric_value(text, "probenet_agent_up", agent="sin-1", region="ap") == 1
 
         # 3 intervals of 200 ms pass with nothing from sin-1; the others keep reporting.
         clock.advance(0.5)
-        await round_of(fleet[:2])
+        await round_of(fleet[:2], clock)
         clock.advance(0.5)
-        await round_of(fleet[:2])
+        await round_of(fleet[:2], clock)
         service.tick()
 
         by_id = {a["id"]: a for a in await http_json(service.http.url + "/api/v1/agents")}
@@ -185,37 +196,31 @@ async def test_disconnected_agent_shows_connected_false(collector):
         await agent.send([agent.result("web")])
         assert (await http_json(service.http.url + "/api/v1/agents"))[0]["connected"] is True
     # The stream ended: the collector notices when grpc reports the cancelled call.
-    for _ in range(100):
+    for _ in range(400):  # bounded: 20 s at most, normally one pass
         views = await http_json(service.http.url + "/api/v1/agents")
         if views[0]["connected"] is False:
             break
-        await service_idle()
+        await asyncio.sleep(0.05)
     assert views[0]["connected"] is False
     assert service.ingest_metrics.streams._value.get() == 0
 
 
-async def service_idle() -> None:
-    import asyncio  # noqa: PLC0415
-
-    await asyncio.sleep(0.05)
-
-
 async def test_recovery_needs_two_up_verdicts(collector):
-    service, _ = collector
+    service, clock = collector
     async with AsyncExitStack() as stack:
         fleet = await agents(stack, service.grpc_address,
                              ("fra-1", "eu"), ("iad-1", "us"), ("sin-1", "ap"))
         every = {"fra-1", "iad-1", "sin-1"}
-        await round_of(fleet)
+        await round_of(fleet, clock)
         for _ in range(2):
-            await round_of(fleet, failing=every, failing_probes={"web"})
+            await round_of(fleet, clock, failing=every, failing_probes={"web"})
         [outage] = await http_json(service.http.url + "/api/v1/outages?active=true")
 
-        await round_of(fleet)  # one up verdict per region: still down
+        await round_of(fleet, clock)  # one up verdict per region: still down
         assert (await target(service, "web"))["state"] == "global_outage"
         assert len(await http_json(service.http.url + "/api/v1/outages?active=true")) == 1
 
-        await round_of(fleet)  # the second: recovered
+        await round_of(fleet, clock)  # the second: recovered
         assert (await target(service, "web"))["state"] == "up"
         assert await http_json(service.http.url + "/api/v1/outages?active=true") == []
         [closed] = await http_json(service.http.url + "/api/v1/outages?active=false")
@@ -228,18 +233,19 @@ async def test_recovery_needs_two_up_verdicts(collector):
 
 
 async def test_scope_rises_inside_one_record(collector):
-    service, _ = collector
+    service, clock = collector
     async with AsyncExitStack() as stack:
         fleet = await agents(stack, service.grpc_address,
                              ("fra-1", "eu"), ("iad-1", "us"), ("sin-1", "ap"))
-        await round_of(fleet)
+        await round_of(fleet, clock)
         for _ in range(2):
-            await round_of(fleet, failing={"fra-1"}, failing_probes={"web"})
+            await round_of(fleet, clock, failing={"fra-1"}, failing_probes={"web"})
         [regional] = await http_json(service.http.url + "/api/v1/outages?active=true")
         assert (regional["scope"], regional["regions"]) == ("regional", ["eu"])
 
         for _ in range(2):
-            await round_of(fleet, failing={"fra-1", "iad-1", "sin-1"}, failing_probes={"web"})
+            await round_of(fleet, clock, failing={"fra-1", "iad-1", "sin-1"},
+                           failing_probes={"web"})
         [global_] = await http_json(service.http.url + "/api/v1/outages?active=true")
         assert global_["id"] == regional["id"]
         assert (global_["scope"], global_["peak_scope"]) == ("global", "global")

@@ -25,10 +25,10 @@ from collector_client import (
 from conftest import need_binary
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from probenet.v1 import probenet_pb2 as pb
 
 from collector.config import parse_config
 from collector.server import CollectorService
+from probenet.v1 import probenet_pb2 as pb
 
 S = grpc.StatusCode
 
@@ -186,6 +186,14 @@ async def test_garbage_and_oversized_messages_do_not_disturb_other_agents(collec
             await raw.send(b"\x00" * 100_000)  # over max_message_bytes (64 KiB)
             code, _ = await raw.outcome()
         assert code is S.RESOURCE_EXHAUSTED
+        assert rejections(collector, "message_too_large") == 1
+
+        async with RawStream(collector.grpc_address) as raw:
+            await raw.send(hello_bytes("fra-1", "eu"))
+            await raw.read()
+            await raw.send(b"\x00" * 1_000_000)  # far over: grpc cuts it before we see it
+            code, _ = await raw.outcome()
+        assert code is S.RESOURCE_EXHAUSTED
 
         async with RawStream(collector.grpc_address) as raw:
             await raw.send(batch_bytes([make_result(1, "web")]))  # no Hello first
@@ -212,6 +220,28 @@ async def test_garbage_and_oversized_messages_do_not_disturb_other_agents(collec
         assert (await bystander.send([bystander.result("web")])).acked_seq == 2
     status, _, _ = await http_get(collector.http.url + "/readyz")
     assert status == 200
+
+
+async def test_draining_answers_not_ready_and_refuses_new_streams(collector):
+    async with TestAgent(collector.grpc_address, "fra-1", "eu") as agent:
+        await agent.send([agent.result("web")])
+        await collector.drain()
+        code, details = await agent.status()
+        assert code is S.UNAVAILABLE
+        assert "shutting down" in details
+    status, _, _ = await http_get(collector.http.url + "/readyz")
+    assert status == 503
+    status, _, _ = await http_get(collector.http.url + "/healthz")
+    assert status == 200  # alive, just not ready
+    async with grpc.aio.insecure_channel(collector.grpc_address) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(StreamEndedError) as ended:
+        async with TestAgent(collector.grpc_address, "iad-1", "us"):
+            pass
+    assert ended.value.code is S.UNAVAILABLE
+    assert rejections(collector, "draining") == 1
 
 
 async def test_a_silent_stream_is_ended_after_the_hello_deadline(collector):
@@ -333,6 +363,20 @@ async def test_metrics_pass_promtool_and_speak_openmetrics(collector):
             accept="application/openmetrics-text; version=1.0.0")
         assert content_type.startswith("application/openmetrics-text")
         assert text.rstrip().endswith("# EOF")
+
+
+async def test_per_kind_details_reach_metrics_under_blackbox_names(collector):
+    details = pb.HttpDetails(http_version="HTTP/2", tls=pb.TlsFacts(
+        earliest_cert_expiry=1_900_000_000, version="TLS 1.3", cipher="TLS_AES_128_GCM_SHA256"))
+    async with TestAgent(collector.grpc_address, "fra-1", "eu") as agent:
+        await agent.send([agent.result(
+            "web", status_code=204, http=details,
+            phases=[pb.PhaseDuration(name="connect", seconds=0.25)])])
+    text = (await http_get(collector.http.url + "/metrics"))[2]
+    labels = {"probe": "web", "agent": "fra-1", "region": "eu", "kind": "http"}
+    assert metric_value(text, "probe_http_status_code", **labels) == 204
+    assert metric_value(text, "probe_ssl_earliest_cert_expiry", **labels) == 1_900_000_000
+    assert metric_value(text, "probe_http_duration_seconds", phase="connect", **labels) == 0.25
 
 
 async def test_outages_query_errors_name_the_parameter(collector):

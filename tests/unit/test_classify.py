@@ -123,6 +123,7 @@ class Fleet:
                 self.region_of[f"{region}-{n}"] = region
         self.agents = tuple(self.region_of)
         self.networks = dict(networks or {})
+        self.probes_of: dict[str, tuple[str, ...]] = {}  # per-agent override of `probes`
         self.transitions: list[Transition] = []
         for agent in self.agents:
             self.connect(agent)
@@ -144,7 +145,7 @@ class Fleet:
         stamp = int((self.now + self.skew.get(agent, 0.0)) * 1000)
         noisy = set(noise)
         results: list[Result] = []
-        for probe in self.probes:
+        for probe in self.probes_of.get(agent, self.probes):
             common = {"probe": probe, "target": f"https://{probe}.example/",
                       "service": self.services.get(probe, ""), "timestamp_ms": stamp,
                       "interval_ms": int(self.interval_s * 1000)}
@@ -514,14 +515,17 @@ def test_disconnected_agent_counts_until_stale() -> None:
 def test_stale_pair_is_left_out_when_the_agent_stops_running_that_probe() -> None:
     fleet = Fleet({"eu": 2, "us": 2, "ap": 2})
     fleet.rounds(2)
-    # eu-2 still reports, but no longer runs web: its web verdict ages out.
-    everything_but_web = ("api", "dns", "cdn", "mail", "auth")
-    fleet.probes = everything_but_web
-    fleet.rounds(5, Down(WEB, agents=("eu-1",)), silent=())
-    fleet.probes = PROBES
-    # Only eu-1 carries web now... but eu-1 ran without web in those rounds: check freshness.
-    assert fleet.verdicts("web") == {"eu": UNKNOWN, "us": UNKNOWN, "ap": UNKNOWN}
-    assert fleet.state("web") is TargetState.UNKNOWN
+    # eu-2 keeps reporting, but no longer runs web: its web verdict (up) ages out.
+    fleet.probes_of["eu-2"] = ("api", "dns", "cdn", "mail", "auth")
+    web_eu1 = Down(WEB, agents=("eu-1",))
+    fleet.rounds(2, web_eu1)
+    assert fleet.verdicts("web")["eu"] is UP  # eu-2's last web verdict is still fresh
+    fleet.rounds(2, web_eu1)
+    assert fleet.agent("eu-2")["stale"] is False
+    assert fleet.verdicts("web")["eu"] is DOWN  # eu-1 alone, 4 confirmed failures
+    assert fleet.verdicts("api")["eu"] is UP
+    (record,) = fleet.open()
+    assert (record.probe, record.regions) == ("web", ("eu",))
 
 
 # -- recovery hysteresis ----------------------------------------------------------------------
@@ -718,6 +722,35 @@ def test_service_record_for_two_probes_of_one_service() -> None:
     assert kinds[-1] == (OutageEvent.RESOLVED, OutageKind.SERVICE)
 
 
+def test_the_motivating_case_four_services_of_one_provider_down_everywhere() -> None:
+    # Every agent runs 6 probes, 4 of them the provider's: a real global outage of most of
+    # each agent's probes must not be mistaken for broken agents, and must be fast.
+    services = dict.fromkeys(("web", "photos", "chat", "threads"), "social")
+    probes = ("web", "photos", "chat", "threads", "bank", "news")
+    fleet = Fleet({"eu": 1, "us": 2, "ap": 1, "sa": 3}, probes=probes, services=services)
+    fleet.rounds(3)
+    onset = fleet.now
+    social = Down(("web", "photos", "chat", "threads"), phase=DNS, reason="dns_servfail")
+    fleet.round(social)
+    assert fleet.now - onset <= 2 * fleet.interval_s
+    assert not any(a.impaired for a in fleet.clf.agents())
+    records = fleet.open(OutageKind.PROBE)
+    assert sorted(r.probe or "" for r in records) == ["chat", "photos", "threads", "web"]
+    for record in records:
+        assert record.scope is Scope.GLOBAL
+        assert record.regions == ("ap", "eu", "sa", "us")
+        assert (record.phase, record.reason) == ("dns", "dns_servfail")
+        assert onset <= record.started_at <= record.detected_at <= onset + fleet.interval_s
+    (service,) = fleet.open(OutageKind.SERVICE)
+    assert service.probes == ("chat", "photos", "threads", "web")
+    assert (service.scope, service.phase, service.reason) == (Scope.GLOBAL, "dns",
+                                                              "dns_servfail")
+    fleet.rounds(3, social)
+    assert len(fleet.events(OutageEvent.OPENED)) == 5
+    assert not any(a.impaired for a in fleet.clf.agents())
+    assert fleet.state("bank") is TargetState.UP
+
+
 # -- phase, reason, times ---------------------------------------------------------------------
 
 
@@ -801,7 +834,8 @@ def _restarted(fleet: Fleet, **kwargs: object) -> Fleet:
 
 
 def test_restore_keeps_the_id_and_closes_only_on_evidence() -> None:
-    fleet = Fleet({"eu": 2, "us": 2, "ap": 2})
+    # One agent per region: a recovery takes two rounds (two up results from the region).
+    fleet = Fleet({"eu": 1, "us": 1, "ap": 1})
     fleet.rounds(2)
     fleet.rounds(2, Down(WEB, regions=("eu",)))
     (record,) = fleet.open()

@@ -3,19 +3,29 @@ read back through a real prometheus_client registry and checked by promtool."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import subprocess
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import pytest
+from certs import TestCA
 from conftest import need_binary
+from grpc_health.v1 import health, health_pb2_grpc
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
-from probenet.v1 import probenet_pb2 as pb
 
+from agent.config import ProbeSpec
+from agent.probes import build_probe
+from agent.probes.attempt import run_attempt
+from agent.results import to_wire
 from collector import details
-from collector.classify import PairSample
+from collector.classify import Classifier, PairSample
+from collector.metrics import ClassifierMetrics
+from collector.model import ClassificationParams
+from probenet.v1 import probenet_pb2 as pb
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -27,12 +37,11 @@ EXPIRY = 1_900_000_000
 
 def result(kind: str, *, probe: str | None = None, success: bool = True, status_code: int = 0,
            phases: dict[str, float] | None = None, **oneof: Any) -> pb.ProbeResult:
-    message = pb.ProbeResult(
+    return pb.ProbeResult(
         seq=1, probe=probe or f"{kind}-probe", target=f"{kind}.example:443", kind=kind,
         success=success, duration_seconds=0.5, status_code=status_code,
         phases=[pb.PhaseDuration(name=n, seconds=s) for n, s in (phases or {}).items()],
         **oneof)
-    return message
 
 
 def sample_of(message: pb.ProbeResult, agent: str = "fra-1",
@@ -90,11 +99,19 @@ GRPC_NOT_SERVING = result("grpc", success=False, phases={"resolve": 0.0, "connec
 
 
 def test_nothing_to_keep_is_none():
+    assert details.facts_of(result("tcp")) is None
     assert details.details_of(result("tcp")) is None
 
 
+def test_ingest_keeps_wire_bytes_that_decode_to_the_same_facts():
+    kept = details.details_of(HTTPS)
+    assert isinstance(kept, bytes)
+    assert details._decode(kept) == details.facts_of(HTTPS)
+    assert details._decode(b"\xff\xff garbage") is None
+
+
 def test_phases_without_details_are_kept():
-    facts = details.details_of(result("tcp", success=False, phases={"resolve": 0.2}))
+    facts = details.facts_of(result("tcp", success=False, phases={"resolve": 0.2}))
     assert facts == details.ResultFacts((("resolve", 0.2),))
 
 
@@ -102,11 +119,11 @@ def test_objects_that_are_not_results_give_none():
     class Bare:
         probe = "p"
 
-    assert details.details_of(Bare()) is None
+    assert details.facts_of(Bare()) is None
 
 
 def test_http_facts_are_copied_out_of_the_message():
-    facts = details.details_of(HTTPS)
+    facts = details.facts_of(HTTPS)
     assert isinstance(facts, details.HttpFacts)
     assert facts.http_version == 1.1
     assert (facts.redirects, facts.content_length) == (2, 1234)
@@ -116,13 +133,13 @@ def test_http_facts_are_copied_out_of_the_message():
 
 
 def test_plain_http_has_no_tls():
-    facts = details.details_of(result("http", http=pb.HttpDetails(http_version="HTTP/2")))
+    facts = details.facts_of(result("http", http=pb.HttpDetails(http_version="HTTP/2")))
     assert isinstance(facts, details.HttpFacts)
     assert (facts.http_version, facts.tls) == (2.0, None)
 
 
 def test_unknown_phase_names_and_statuses_are_dropped():
-    facts = details.details_of(result(
+    facts = details.facts_of(result(
         "grpc", phases={"resolve": 0.1, "evil-phase": 1.0, "connect": float("nan")},
         grpc=pb.GrpcDetails(serving_status="x" * 500)))
     assert isinstance(facts, details.GrpcFacts)
@@ -131,7 +148,7 @@ def test_unknown_phase_names_and_statuses_are_dropped():
 
 
 def test_long_tls_strings_are_cut():
-    facts = details.details_of(result("tls", tls=pb.TlsDetails(
+    facts = details.facts_of(result("tls", tls=pb.TlsDetails(
         tls=pb.TlsFacts(version="v" * 1000, cipher="c" * 1000))))
     assert isinstance(facts, details.TlsProbeFacts)
     assert len(facts.tls.version) == len(facts.tls.cipher) == 64
@@ -256,7 +273,7 @@ def test_any_result_exports_without_error(kind, phases, text):
     }[kind]
     message = result(kind, phases=phases, **oneof)
     registry = registry_of(message)
-    assert generate_latest(registry)
+    assert isinstance(generate_latest(registry), bytes)  # renders without error
     loss = registry.get_sample_value("probenet_icmp_packet_loss_ratio", labels(message))
     assert loss in (None, 0.0)  # more replies than requests never gives a negative loss
     for family in registry.collect():
@@ -284,3 +301,57 @@ def test_every_family_carries_the_pair_labels(message):
     for family in details.kind_metric_families([sample_of(message)]):
         for sample in family.samples:
             assert set(details.PAIR_LABELS) <= set(sample.labels), family.name
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+async def test_real_probe_results_through_classifier_and_collector_metrics(tmp_path):
+    """Real tls and grpc probes -> wire results -> Classifier -> ClassifierMetrics scrape."""
+    ca = TestCA(tmp_path)
+    leaf = ca.issue("localhost", "127.0.0.1", days_valid=20)
+    tls_server = await asyncio.start_server(
+        lambda _r, w: w.close(), "127.0.0.1", 0, ssl=leaf.server_context())
+    tls_port = tls_server.sockets[0].getsockname()[1]
+    grpc_server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), grpc_server)
+    grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
+    await grpc_server.start()
+    specs = [
+        ProbeSpec(name="cert", kind="tls", target=f"127.0.0.1:{tls_port}", interval="10s",
+                  timeout="3s", tls={"ca_file": str(ca.ca_file)}),
+        ProbeSpec(name="health", kind="grpc", target=f"127.0.0.1:{grpc_port}",
+                  interval="10s", timeout="3s"),
+    ]
+    try:
+        results = []
+        for spec in specs:
+            (outcome,) = await run_attempt(build_probe(spec, source_address=None), spec.timeout)
+            assert outcome.success, outcome.error
+            results.append(to_wire(spec, outcome, confirmed=False, timestamp_ms=1))
+    finally:
+        tls_server.close()
+        await tls_server.wait_closed()
+        await grpc_server.stop(grace=None)
+
+    classifier = Classifier(ClassificationParams(), details_of=details.details_of)
+    classifier.agent_connected("fra-1", "eu-central", {}, 10.0, 100.0)
+    classifier.apply("fra-1", results, 100.0)
+    registry = CollectorRegistry()
+    registry.register(ClassifierMetrics(classifier))
+    pair = {"region": "eu-central", "agent": "fra-1"}
+    cert = {"probe": "cert", "target": f"127.0.0.1:{tls_port}", "kind": "tls", **pair}
+    healthy = {"probe": "health", "target": f"127.0.0.1:{grpc_port}", "kind": "grpc", **pair}
+    get = registry.get_sample_value
+    assert get("probe_ssl_earliest_cert_expiry", cert) == int(leaf.not_after.timestamp())
+    assert get("probe_tls_version_info", {**cert, "version": "TLS 1.3"}) == 1
+    assert get("probe_grpc_healthcheck_response", {**healthy, "serving_status": "SERVING"}) == 1
+    assert get("probe_grpc_healthcheck_response",
+               {**healthy, "serving_status": "NOT_SERVING"}) == 0
+    assert get("probe_dns_lookup_time_seconds", healthy) is not None
+    assert get("probe_success", cert) == 1
+
+    promtool = need_binary("promtool", "prometheus")
+    checked = subprocess.run([promtool, "check", "metrics"], input=generate_latest(registry),
+                             capture_output=True, timeout=60, check=False)
+    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()

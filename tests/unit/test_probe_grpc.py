@@ -12,7 +12,6 @@ import pytest
 from certs import TestCA
 from conftest import free_port
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from probenet.v1 import probenet_pb2 as pb
 
 from agent.config import ProbeSpec
 from agent.errors import ProbeBuildError
@@ -20,6 +19,7 @@ from agent.probes import build_probe
 from agent.probes import grpc as grpc_probe
 from agent.probes.attempt import run_attempt
 from agent.probes.base import PhaseTracker, ProbeOutcome
+from probenet.v1 import probenet_pb2 as pb
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -18,14 +18,14 @@ import pytest
 from conftest import ROOT, need_binary, need_root
 from hypothesis import given
 from hypothesis import strategies as st
-from probenet.v1 import probenet_pb2 as pb
 
 from agent.config import ProbeSpec
 from agent.probes import icmp
 from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
+from probenet.v1 import probenet_pb2 as pb
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Callable, Coroutine, Iterator
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -38,9 +38,10 @@ def spec(target: str, timeout: str = "2s", **icmp_options: Any) -> ProbeSpec:
                      icmp=options)
 
 
-async def run_probe(probe: icmp.IcmpProbe, timeout_s: float = 2.0) -> ProbeOutcome:
-    # As the scheduler does: a hard deadline around the run.
-    async with asyncio.timeout(timeout_s):
+async def run_probe(probe: icmp.IcmpProbe) -> ProbeOutcome:
+    # A safety net only: the probe ends by itself shortly before its own timeout (which the
+    # scheduler enforces), and that is what these tests exercise.
+    async with asyncio.timeout(probe.timeout_s + 5):
         outcomes = await probe.run(PhaseTracker())
     assert len(outcomes) == 1
     return outcomes[0]
@@ -67,7 +68,7 @@ class Netns:
         subprocess.run(["ip", "netns", "exec", self.name, "nft", "-f", "-"], input=ruleset,
                        text=True, check=True)
 
-    async def run(self, work: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run `work()` on a fresh event loop in a thread that joined this namespace."""
         libc = ctypes.CDLL(None, use_errno=True)
         path = f"/run/netns/{self.name}"
@@ -79,7 +80,7 @@ class Netns:
                     raise OSError(ctypes.get_errno(), "setns")
             finally:
                 os.close(fd)
-            return asyncio.run(work())  # type: ignore[arg-type]
+            return asyncio.run(work())
 
         # A single-use thread: a pooled thread would stay in the namespace afterwards.
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name)
@@ -276,7 +277,7 @@ async def test_total_loss_fails_with_icmp_loss_and_statistics(nft_netns, mode):
     nft_netns.ping_group_range(0, 2147483647)
     nft_netns.nft(DROP_ECHO_TO_127_0_0_2)
     probe = icmp.build(spec("127.0.0.2", timeout="1s"), source_address=None, socket_mode=mode)
-    outcome = await nft_netns.run(lambda: run_probe(probe, 1.0))
+    outcome = await nft_netns.run(lambda: run_probe(probe))
     assert not outcome.success
     assert (outcome.failed_phase, outcome.reason) == ("response", "icmp_loss")
     assert "3 of 3 echo replies" in outcome.error
@@ -289,7 +290,8 @@ async def test_total_loss_fails_with_icmp_loss_and_statistics(nft_netns, mode):
 @pytest.mark.needs_root
 async def test_partial_loss_is_judged_against_max_loss(nft_netns, max_loss, success):
     nft_netns.nft(DROP_EVERY_OTHER_ECHO)
-    probe = icmp.build(spec("127.0.0.2", count=4, max_loss=max_loss), source_address=None,
+    probe = icmp.build(spec("127.0.0.2", timeout="1s", count=4, max_loss=max_loss),
+                       source_address=None,
                        socket_mode="raw")
     outcome = await nft_netns.run(lambda: run_probe(probe))
     assert outcome.details.sent == 4
@@ -330,7 +332,8 @@ async def test_source_address_is_bound(nft_netns):
 
     async def work() -> tuple[ProbeOutcome, ProbeOutcome]:
         plain = icmp.build(spec("127.0.0.1"), source_address=None, socket_mode="raw")
-        bound = icmp.build(spec("127.0.0.1"), source_address="127.0.0.5", socket_mode="raw")
+        bound = icmp.build(spec("127.0.0.1", timeout="1s"), source_address="127.0.0.5",
+                           socket_mode="raw")
         return await run_probe(plain), await run_probe(bound)
 
     plain, bound = await nft_netns.run(work)
@@ -355,7 +358,7 @@ async def test_sending_stops_before_the_deadline():
     need_root("raw ICMP sockets")
     probe = icmp.build(spec("127.0.0.1", timeout="1s", count=10, spacing="300ms",
                             max_loss=0.0), source_address=None, socket_mode="raw")
-    outcome = await run_probe(probe, 1.0)
+    outcome = await run_probe(probe)
     assert outcome.success
     assert 1 <= outcome.details.sent < 10
     assert outcome.details.received == outcome.details.sent

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from certs import TestCA
 from conftest import free_port
-from probenet.v1 import probenet_pb2 as pb
 
 from agent.config import ProbeSpec
 from agent.probes import tls, tlsfacts
 from agent.probes.attempt import run_attempt
 from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
+from probenet.v1 import probenet_pb2 as pb
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
+
 from probenet.v1 import probenet_pb2 as pb
 
 

@@ -1,0 +1,255 @@
+"""The agent process: `Agent` wiring it together, and `run(path)` for `probenet agent`.
+
+`Agent` holds the scheduler, one spool and stream per collector, and the self-metrics.
+
+Signals: SIGTERM/SIGINT stop probing, flush unacknowledged results for up to
+`scheduler.grace_period`, and exit 0 (a second signal exits at once, status 1). SIGHUP
+reloads the config: probes that did not change keep their schedule; a config with errors is
+logged issue by issue and the running one is kept. Changes to `agent`, `collectors`,
+`buffer`, `stream` and `metrics` need a restart (the reload says so in the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
+
+from probenet.v1 import probenet_pb2 as pb
+from prometheus_client import CollectorRegistry
+
+from agent.config import AgentConfig, ConfigError, load_config
+from agent.errors import AgentError, LifecycleError, ProbeBuildError
+from agent.metrics import AgentStateCollector, MetricsServer, ProbeCounters
+from agent.results import ResultFanout
+from agent.scheduler import Scheduler
+from agent.spool import Spool
+from agent.stream import CollectorStream
+from probenet.version import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+_RESTART_SECTIONS = ("agent", "collectors", "buffer", "stream", "metrics")
+_DUPLICATE_SIGNAL_S = 0.5
+
+
+def preflight(config: AgentConfig) -> list[str]:
+    """Problems that stop the agent from starting: files it must read but cannot."""
+    problems = []
+    for collector in config.collectors:
+        files = [("token_file", collector.token_file)]
+        if collector.tls is not None:
+            files += [("tls.ca_file", collector.tls.ca_file),
+                      ("tls.cert_file", collector.tls.cert_file),
+                      ("tls.key_file", collector.tls.key_file)]
+        for what, path in files:
+            if path is not None and not os.access(path, os.R_OK):
+                problems.append(f"collector {collector.address}: {what} {path} is not readable")
+    return problems
+
+
+class Agent:
+    """The whole agent as one async context manager (enter once; leaving is idempotent)."""
+
+    def __init__(self, config: AgentConfig, *, registry: CollectorRegistry | None = None,
+                 epoch: int | None = None, observers: Sequence[Callable[[pb.ProbeResult],
+                                                                            None]] = ()) -> None:
+        """Build the probes now (ProbeBuildError names one that cannot be built).
+
+        `epoch` defaults to now in unix nanoseconds; `observers` see every result (tests).
+        """
+        self.config = config
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.epoch = epoch if epoch is not None else time.time_ns()
+        self.counters = ProbeCounters(self.registry)
+        self.spools = [Spool(config.buffer.max_results) for _ in config.collectors]
+        self.fanout = ResultFanout(self.spools, observers)
+        self.streams = [
+            CollectorStream(target, spool, hello=self.hello, settings=config.stream)
+            for target, spool in zip(config.collectors, self.spools, strict=True)]
+        self.scheduler = Scheduler(
+            config.probes, sink=self.fanout.publish, source_address=config.agent.source_address,
+            max_concurrent=config.scheduler.max_concurrent,
+            confirm_failures=config.scheduler.confirm_failures, counters=self.counters)
+        self.registry.register(AgentStateCollector(lambda: self.streams,
+                                                   lambda: len(self.config.probes)))
+        self.metrics_server = (MetricsServer(config.metrics.listen, self.registry)
+                               if config.metrics is not None else None)
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._entered = False
+
+    def hello(self) -> pb.Hello:
+        """The Hello sent at every connect (reflects the current config)."""
+        config = self.config
+        return pb.Hello(
+            agent_id=config.agent.id, region=config.agent.region,
+            labels=dict(config.agent.labels), version=__version__, epoch=self.epoch,
+            interval_ms=max(1, round(config.shortest_interval() * 1000)),
+            probe_count=len(config.probes))
+
+    async def __aenter__(self) -> Self:
+        """Start the metrics endpoint, the streams, then the probes."""
+        if self._entered:
+            raise LifecycleError("an Agent can be entered only once")
+        self._entered = True
+        async with contextlib.AsyncExitStack() as stack:
+            if self.metrics_server is not None:
+                await stack.enter_async_context(self.metrics_server)
+            for stream in self.streams:
+                await stack.enter_async_context(stream)
+            await stack.enter_async_context(self.scheduler)
+            self._stack = stack.pop_all()
+        agent = self.config.agent
+        log.info("agent started", extra={
+            "agent": agent.id, "region": agent.region, "probes": len(self.config.probes),
+            "collectors": ",".join(c.address for c in self.config.collectors),
+            "source_address": agent.source_address or "", "epoch": self.epoch})
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop everything at once (idempotent); see `shutdown` for a graceful stop."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def shutdown(self, grace_s: float) -> bool:
+        """Stop probing, then flush buffered results for up to `grace_s`; True if all went."""
+        self.scheduler.stop()
+        buffered = sum(len(s) for s in self.spools)
+        log.info("agent stopping: flushing results", extra={
+            "buffered": buffered, "grace_s": grace_s})
+        flushed = all(await asyncio.gather(*(s.flush(grace_s) for s in self.streams)))
+        if not flushed:
+            log.warning("agent stopping with results not acknowledged", extra={
+                "buffered": sum(len(s) for s in self.spools)})
+        return flushed
+
+    def reload(self, config: AgentConfig) -> dict[str, int]:
+        """Apply a new config's probes and scheduler settings (ProbeBuildError: unchanged)."""
+        counts = self.scheduler.update(config.probes)
+        self.scheduler.set_max_concurrent(config.scheduler.max_concurrent)
+        self.scheduler.confirm_failures = config.scheduler.confirm_failures
+        needs_restart = [name for name in _RESTART_SECTIONS
+                         if getattr(config, name) != getattr(self.config, name)]
+        # Sections that need a restart keep their running values.
+        self.config = config.model_copy(update={n: getattr(self.config, n)
+                                                for n in needs_restart})
+        log.info("config reloaded", extra=counts)
+        if needs_restart:
+            log.warning("config sections changed that apply only after a restart",
+                        extra={"sections": ",".join(needs_restart)})
+        return counts
+
+
+async def serve(path: Path, config: AgentConfig, *, ready: asyncio.Event | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT; reload on SIGHUP. Return the exit status."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reload_requested = asyncio.Event()
+    main_task = asyncio.current_task()
+
+    first_stop_at: list[float] = []
+
+    def on_stop(signum: int) -> None:
+        # `timeout`, shells and supervisors may deliver one stop twice in a row (to the process
+        # and to its group): only a second signal some time later forces the exit.
+        if first_stop_at and loop.time() - first_stop_at[0] < _DUPLICATE_SIGNAL_S:
+            return
+        if stop.is_set():
+            log.warning("second signal: exiting now", extra={"signal": signum})
+            if main_task is not None:
+                main_task.cancel()
+            return
+        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+        first_stop_at.append(loop.time())
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_stop, signum)
+    loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
+    try:
+        async with Agent(config) as agent, asyncio.TaskGroup() as tasks:
+            tasks.create_task(_reload_loop(agent, path, reload_requested, stop),
+                              name="agent-reload")
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            await agent.shutdown(config.scheduler.grace_period)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+    log.info("agent stopped")
+    return 0
+
+
+async def _reload_loop(agent: Agent, path: Path, requested: asyncio.Event,
+                       stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        waiter = asyncio.ensure_future(requested.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stopper.cancel()
+        if stop.is_set():
+            return
+        requested.clear()
+        log.info("reloading config", extra={"path": str(path)})
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            for issue in exc.issues:
+                log.error("config reload rejected: %s", issue)  # noqa: TRY400 - no traceback
+            continue
+        try:
+            agent.reload(config)
+        except ProbeBuildError as exc:
+            log.error("config reload rejected: %s", exc)  # noqa: TRY400 - no traceback
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """Uvloop's loop when installed (optional speed-up), else asyncio's."""
+    if os.environ.get("PROBENET_NO_UVLOOP"):
+        return None
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(path: str | Path) -> int:
+    """`probenet agent --config PATH`: 0 after a clean stop, 1 on a config error."""
+    path = Path(path)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)  # noqa: T201 - the CLI's error output
+        return 1
+    problems = preflight(config)
+    if problems:
+        for problem in problems:
+            print(f"{path}: {problem}", file=sys.stderr)  # noqa: T201
+        return 1
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(serve(path, config))
+    except ProbeBuildError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    except AgentError as exc:
+        log.error("agent failed: %s", exc)  # noqa: TRY400
+        return 1
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        return 1
+

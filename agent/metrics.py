@@ -1,0 +1,220 @@
+"""The agent's own Prometheus metrics, and the optional `/metrics` endpoint serving them.
+
+Counters are incremented where things happen (probe runs, failures by phase and reason,
+skipped runs); values that already live somewhere (buffer depth, dropped results, stream
+state) are read at scrape time by a custom collector. The registry is always passed in.
+
+| metric | labels | meaning |
+| --- | --- | --- |
+| probenet_agent_probe_runs_total | kind, result | probe runs (result: success/failure) |
+| probenet_agent_probe_failures_total | kind, phase, reason | failed runs |
+| probenet_agent_probe_runs_skipped_total | kind | runs skipped: the previous one still ran |
+| probenet_agent_probes | (none) | probes configured |
+| probenet_agent_buffer_results | collector | results not yet acknowledged |
+| probenet_agent_buffer_capacity_results | collector | the buffer's bound |
+| probenet_agent_results_dropped_total | collector | results dropped when the buffer overflowed |
+| probenet_agent_collector_connected | collector | 1 while the stream is established |
+| probenet_agent_collector_state | collector, state | connecting/connected/backoff/closed |
+| probenet_agent_collector_reconnects_total | collector | streams (re)opened |
+| probenet_agent_results_sent_total | collector | results written to the stream (resends too) |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import TYPE_CHECKING, Protocol, Self
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, StateSetMetricFamily
+from prometheus_client.registry import Collector
+
+from agent.config import split_listen
+from agent.errors import LifecycleError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
+log = logging.getLogger(__name__)
+
+STREAM_STATES = ("connecting", "connected", "backoff", "closed")
+
+
+class ProbeCounters:
+    """Counters of probe runs, incremented by the scheduler."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """Register the counters in `registry`."""
+        self.runs = Counter("probenet_agent_probe_runs", "Probe runs, by kind and result.",
+                            ["kind", "result"], registry=registry)
+        self.failures = Counter("probenet_agent_probe_failures",
+                                "Failed probe runs, by kind, failed phase and reason.",
+                                ["kind", "phase", "reason"], registry=registry)
+        self.skipped = Counter("probenet_agent_probe_runs_skipped",
+                               "Runs skipped because the probe's previous run was still going.",
+                               ["kind"], registry=registry)
+        self._success: dict[str, Callable[[], None]] = {}
+        self._failure: dict[str, Callable[[], None]] = {}
+
+    def count(self, kind: str, success: bool, phase: str = "", reason: str = "") -> None:
+        """Count one run (cheap on the hot path: label children are cached)."""
+        cache = self._success if success else self._failure
+        inc = cache.get(kind)
+        if inc is None:
+            inc = self.runs.labels(kind, "success" if success else "failure").inc
+            cache[kind] = inc
+        inc()
+        if not success:
+            self.failures.labels(kind, phase, reason).inc()
+
+
+class StreamView(Protocol):
+    """What the scrape-time collector reads from a stream client."""
+
+    @property
+    def address(self) -> str:
+        """The collector's address."""
+        ...
+
+    @property
+    def state(self) -> str:
+        """One of STREAM_STATES."""
+        ...
+
+    @property
+    def buffered(self) -> int:
+        """Results not yet acknowledged."""
+        ...
+
+    @property
+    def capacity(self) -> int:
+        """The buffer's bound."""
+        ...
+
+    @property
+    def dropped(self) -> int:
+        """Results dropped on overflow."""
+        ...
+
+    @property
+    def reconnects(self) -> int:
+        """Streams opened."""
+        ...
+
+    @property
+    def results_sent(self) -> int:
+        """Results written to streams."""
+        ...
+
+
+class AgentStateCollector(Collector):
+    """Reads buffer, stream and probe-count values at scrape time."""
+
+    def __init__(self, streams: Callable[[], Sequence[StreamView]],
+                 probe_count: Callable[[], int]) -> None:
+        """`streams` and `probe_count` are called on every scrape (they follow reloads)."""
+        self._streams = streams
+        self._probe_count = probe_count
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the current values."""
+        yield GaugeMetricFamily("probenet_agent_probes", "Probes configured.",
+                                value=self._probe_count())
+        depth = GaugeMetricFamily("probenet_agent_buffer_results",
+                                  "Results buffered, not yet acknowledged by the collector.",
+                                  labels=["collector"])
+        capacity = GaugeMetricFamily("probenet_agent_buffer_capacity_results",
+                                     "The bound of the result buffer.", labels=["collector"])
+        dropped = CounterMetricFamily("probenet_agent_results_dropped",
+                                      "Results dropped because the buffer was full.",
+                                      labels=["collector"])
+        connected = GaugeMetricFamily("probenet_agent_collector_connected",
+                                      "1 while the stream to the collector is established.",
+                                      labels=["collector"])
+        state = StateSetMetricFamily("probenet_agent_collector_state",
+                                     "State of the stream to the collector.",
+                                     labels=["collector"])
+        reconnects = CounterMetricFamily("probenet_agent_collector_reconnects",
+                                         "Streams opened to the collector.",
+                                         labels=["collector"])
+        sent = CounterMetricFamily("probenet_agent_results_sent",
+                                   "Results written to the stream (resends included).",
+                                   labels=["collector"])
+        for stream in self._streams():
+            labels = [stream.address]
+            depth.add_metric(labels, stream.buffered)
+            capacity.add_metric(labels, stream.capacity)
+            dropped.add_metric(labels, stream.dropped)
+            connected.add_metric(labels, 1.0 if stream.state == "connected" else 0.0)
+            state.add_metric(labels, {s: s == stream.state for s in STREAM_STATES})
+            reconnects.add_metric(labels, stream.reconnects)
+            sent.add_metric(labels, stream.results_sent)
+        yield from (depth, capacity, dropped, connected, state, reconnects, sent)
+
+
+class MetricsServer:
+    """Serves `registry` on `http://listen/metrics` (async context manager; port 0 allowed)."""
+
+    def __init__(self, listen: str, registry: CollectorRegistry) -> None:
+        """`listen` is `host:port`."""
+        self.listen = listen
+        self.registry = registry
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._entered = False
+
+    @property
+    def url(self) -> str:
+        """The metrics URL (with the bound port)."""
+        host, _ = split_listen(self.listen)
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/metrics"
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        del request
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def __aenter__(self) -> Self:
+        """Bind and serve."""
+        if self._entered:
+            raise LifecycleError("MetricsServer can be entered only once")
+        self._entered = True
+        host, port = split_listen(self.listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.port = int(sock.getsockname()[1])
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.SockSite(runner, sock, shutdown_timeout=1.0).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        log.info("metrics listening", extra={"url": self.url})
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop serving (idempotent)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(2):
+                    await runner.cleanup()

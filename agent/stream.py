@@ -1,0 +1,347 @@
+"""The gRPC stream from the agent to one collector: hello, batches, acks, reconnects.
+
+One `CollectorStream` per configured collector, each with its own Spool. While entered it
+keeps one `Ingest.Stream` call open: it sends Hello, reads Welcome (whose `acked_seq` drops
+what the collector already has), then a sender task writes batches (at most the collector's
+`max_batch_results` and `max_message_bytes`, flushed when full or after `linger`) while a
+receiver task applies cumulative Acks. When the stream fails it reconnects with capped,
+jittered exponential backoff (full jitter between half and all of min(max, initial * 2^n)),
+and everything unacknowledged is sent again; the collector deduplicates by sequence.
+
+States (logged once per change, exported as metrics): connecting, connected, backoff,
+closed. A stream that has results in flight and hears nothing for `ack_timeout` is treated
+as dead and reconnected. Authentication: TLS (optionally mutual) and/or a bearer token read
+from `token_file` at every connect (so a rotated token is picked up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import grpc
+from probenet.v1 import probenet_pb2 as pb
+from probenet.v1 import probenet_pb2_grpc as pb_grpc
+
+from agent.errors import LifecycleError, StreamError, StreamRejectedError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from agent.config import CollectorTarget, StreamSettings
+    from agent.spool import Spool
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_CLOSE_TIMEOUT_S = 2.0
+# Collector answers that no reconnect can fix quickly: back off to the maximum at once.
+_REJECTIONS = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                         grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION})
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float,
+                  rng: Callable[[], float] = random.random) -> float:
+    """Delay before reconnect attempt `attempt` (0-based): jittered in [cap/2, cap]."""
+    cap = min(max_s, initial_s * 2.0 ** min(attempt, 30))
+    return cap * (0.5 + 0.5 * rng())
+
+
+def _read_file(path: str, what: str, collector: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise StreamError(collector, f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+class CollectorStream:
+    """Streams the results of one Spool to one collector (async context manager)."""
+
+    def __init__(self, target: CollectorTarget, spool: Spool, *,
+                 hello: Callable[[], pb.Hello], settings: StreamSettings,
+                 rng: Callable[[], float] = random.random) -> None:
+        """`hello` is called at every connect (it reflects the current config)."""
+        self.target = target
+        self.spool = spool
+        self._hello = hello
+        self.settings = settings
+        self._rng = rng
+        self.epoch = 0
+        self.state = "closed"
+        self.reconnects = 0
+        self.results_sent = 0
+        self.collector_id = ""
+        self.last_error = ""
+        self._connected = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._entered = False
+        self._waiting_since: float | None = None  # results in flight with no ack since
+
+    # -- the StreamView of agent.metrics ---------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The collector's address."""
+        return self.target.address
+
+    @property
+    def buffered(self) -> int:
+        """Results not yet acknowledged."""
+        return len(self.spool)
+
+    @property
+    def capacity(self) -> int:
+        """The buffer's bound."""
+        return self.spool.max_results
+
+    @property
+    def dropped(self) -> int:
+        """Results dropped on overflow."""
+        return self.spool.dropped
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Start connecting in the background."""
+        if self._entered:
+            raise LifecycleError("a CollectorStream can be entered only once")
+        self._entered = True
+        tasks = asyncio.TaskGroup()
+        await tasks.__aenter__()
+        self._tasks = tasks
+        self._runner = tasks.create_task(self._run_forever(),
+                                         name=f"stream:{self.target.address}")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Close the stream (idempotent); unacknowledged results are abandoned."""
+        tasks, self._tasks = self._tasks, None
+        if tasks is None:
+            return
+        if self._runner is not None:
+            self._runner.cancel()
+        await tasks.__aexit__(None, None, None)
+        self._set_state("closed", "agent stopping")
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until the stream is established; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until every buffered result is acknowledged; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.spool):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    def _set_state(self, state: str, reason: str = "", **fields: Any) -> None:
+        if state == self.state:
+            return
+        previous, self.state = self.state, state
+        if state == "connected":
+            self._connected.set()
+        else:
+            self._connected.clear()
+        extra = {"collector": self.target.address, "state": state, "previous": previous,
+                 **fields}
+        if reason:
+            extra["reason"] = reason
+        level = logging.WARNING if state == "backoff" and previous == "connected" else (
+            logging.INFO)
+        log.log(level, "collector stream %s", state, extra=extra)
+
+    # -- connection loop -------------------------------------------------------------------
+
+    async def _run_forever(self) -> None:
+        attempt = 0
+        while True:
+            self._set_state("connecting")
+            established = False
+            try:
+                established = await self._session()
+                reason = "the collector ended the stream"
+                slow = False
+            except StreamRejectedError as exc:
+                reason, slow = str(exc), True
+            except StreamError as exc:
+                reason, slow = str(exc), False
+            except grpc.aio.AioRpcError as exc:
+                reason = f"{exc.code().name}: {exc.details()}"
+                slow = exc.code() in _REJECTIONS
+            except (OSError, TimeoutError, grpc.RpcError) as exc:
+                reason, slow = f"{type(exc).__name__}: {exc}", False
+            self.last_error = reason
+            if established:
+                attempt = 0
+            delay = (backoff_delay(30, self.settings.backoff_initial, self.settings.backoff_max,
+                                   self._rng) if slow else
+                     backoff_delay(attempt, self.settings.backoff_initial,
+                                   self.settings.backoff_max, self._rng))
+            attempt += 1
+            self._set_state("backoff", reason, retry_in_s=round(delay, 3), attempt=attempt)
+            await asyncio.sleep(delay)
+
+    def _channel(self) -> grpc.aio.Channel:
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # Our own reconnect loop decides when to retry, with its own backoff.
+            ("grpc.enable_retries", 0),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        tls = self.target.tls
+        if tls is None:
+            return grpc.aio.insecure_channel(self.target.address, options=options)
+        address = self.target.address
+        if tls.insecure_skip_verify:
+            raise StreamRejectedError(
+                address, "CONFIG", "insecure_skip_verify is not supported for collector "
+                "streams (gRPC always verifies): set tls.ca_file to the collector's CA")
+        root = _read_file(tls.ca_file, "CA file", address) if tls.ca_file else None
+        key = _read_file(tls.key_file, "key file", address) if tls.key_file else None
+        chain = _read_file(tls.cert_file, "certificate file", address) if tls.cert_file else None
+        if tls.server_name:
+            options.append(("grpc.ssl_target_name_override", tls.server_name))
+        credentials = grpc.ssl_channel_credentials(root_certificates=root, private_key=key,
+                                                   certificate_chain=chain)
+        return grpc.aio.secure_channel(address, credentials, options=options)
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        if self.target.token_file is None:
+            return ()
+        token = _read_file(self.target.token_file, "token file", self.target.address)
+        text = token.decode("utf-8", errors="replace").strip()
+        if not text:
+            raise StreamError(self.target.address, f"token file {self.target.token_file} is "
+                                                   "empty")
+        return (("authorization", f"Bearer {text}"),)
+
+    async def _session(self) -> bool:
+        """One stream, from connect to its end; True if it was established."""
+        address = self.target.address
+        metadata = self._metadata()
+        channel = self._channel()
+        call = None
+        try:
+            try:
+                async with asyncio.timeout(self.target.connect_timeout):
+                    await channel.channel_ready()
+            except TimeoutError as exc:
+                raise StreamError(address, f"not reachable within "
+                                           f"{self.target.connect_timeout:g}s") from exc
+            call = pb_grpc.IngestStub(channel).Stream(metadata=metadata)
+            hello = self._hello()
+            self.epoch = hello.epoch
+            welcome = await self._handshake(call, hello)
+            self.collector_id = welcome.collector_id
+            self.spool.rewind()
+            self.spool.ack(welcome.acked_seq)
+            self._waiting_since = None
+            self.reconnects += 1
+            self._set_state("connected", collector_id=welcome.collector_id,
+                            acked_seq=welcome.acked_seq, buffered=len(self.spool))
+            max_batch = min(welcome.max_batch_results or self.settings.max_batch_results,
+                            self.settings.max_batch_results)
+            max_bytes = min(welcome.max_message_bytes or MAX_MESSAGE_BYTES,
+                            MAX_MESSAGE_BYTES) * 9 // 10
+            async with asyncio.TaskGroup() as tasks:
+                receiver = tasks.create_task(self._receive(call),
+                                             name=f"stream-acks:{address}")
+                sender = tasks.create_task(self._send(call, max_batch, max_bytes),
+                                           name=f"stream-batches:{address}")
+                watchdog = tasks.create_task(self._watch_acks(),
+                                             name=f"stream-ack-watchdog:{address}")
+                await asyncio.wait([receiver, sender, watchdog],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in (receiver, sender, watchdog):
+                    task.cancel()
+        except* grpc.aio.AioRpcError as group:
+            raise group.exceptions[0] from None
+        except* StreamError as group:
+            raise group.exceptions[0] from None
+        finally:
+            if call is not None:
+                call.cancel()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await channel.close(grace=None)
+        return True
+
+    async def _handshake(self, call: Any, hello: pb.Hello) -> pb.Welcome:
+        address = self.target.address
+        async with asyncio.timeout(self.target.connect_timeout):
+            try:
+                await call.write(pb.AgentMessage(hello=hello))
+                message = await call.read()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in _REJECTIONS:
+                    raise StreamRejectedError(address, exc.code().name,
+                                              exc.details() or "") from exc
+                raise
+            except TimeoutError as exc:
+                raise StreamError(address, "no Welcome within "
+                                           f"{self.target.connect_timeout:g}s") from exc
+        if message is grpc.aio.EOF:
+            code = await call.code()
+            details = await call.details()
+            if code in _REJECTIONS:
+                raise StreamRejectedError(address, code.name, details or "")
+            raise StreamError(address, f"stream ended before Welcome ({code.name}: {details})")
+        if message.WhichOneof("body") != "welcome":
+            raise StreamError(address, "the collector's first message is not a Welcome")
+        welcome: pb.Welcome = message.welcome
+        return welcome
+
+    async def _receive(self, call: Any) -> None:
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                code = await call.code()
+                details = await call.details()
+                raise StreamError(self.target.address,
+                                  f"the collector ended the stream ({code.name}: {details})")
+            body = message.WhichOneof("body")
+            if body == "ack":
+                if message.ack.epoch == self.epoch and self.spool.ack(message.ack.acked_seq):
+                    self._waiting_since = time.monotonic() if len(self.spool) > \
+                        self.spool.unsent else None
+            elif body == "notice":
+                log.info("collector notice", extra={
+                    "collector": self.target.address, "code": message.notice.code,
+                    "notice": message.notice.message})
+
+    async def _send(self, call: Any, max_batch: int, max_bytes: int) -> None:
+        linger = self.settings.linger
+        spool = self.spool
+        while True:
+            await spool.wait_unsent()
+            if linger > 0 and spool.unsent < max_batch:
+                await asyncio.sleep(linger)
+            while batch := spool.take(max_batch, max_bytes):
+                if self._waiting_since is None:
+                    self._waiting_since = time.monotonic()
+                await call.write(pb.AgentMessage(batch=pb.ResultBatch(results=batch)))
+                self.results_sent += len(batch)
+
+    async def _watch_acks(self) -> None:
+        timeout_s = self.settings.ack_timeout
+        while True:
+            await asyncio.sleep(min(1.0, timeout_s / 4))
+            since = self._waiting_since
+            if since is not None and time.monotonic() - since > timeout_s:
+                raise StreamError(self.target.address,
+                                  f"no acknowledgement for {timeout_s:g}s")

@@ -1,0 +1,148 @@
+"""`probenet demo` as a user runs it: one full cycle in --no-ui mode, and the live table in a
+real terminal (tmux), both as child processes of the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from conftest import ROOT, free_port, need_binary
+
+from probenet.demo.scenario import (
+    AGENTS,
+    BANK_PROBES,
+    BROKEN_AGENT,
+    REGIONAL_OUTAGE_REGION,
+    SOCIAL_PROBES,
+    demo_phases,
+    demo_schedule,
+)
+
+pytestmark = pytest.mark.slow
+
+DEMO = [sys.executable, "-c", "from probenet.cli import main; main()", "demo"]
+ALL_REGIONS = sorted({a.region for a in AGENTS})
+
+
+def demo_env() -> dict[str, str]:
+    paths = [str(ROOT), str(ROOT / "proto"), os.environ.get("PYTHONPATH", "")]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
+
+
+@pytest.mark.timeout(300)
+def test_demo_plays_one_cycle_and_classifies_each_fault():
+    interval_s = 0.5
+    cycle_s = demo_schedule(interval_s).cycle_seconds
+    port = free_port()
+    result = subprocess.run(
+        [*DEMO, "--no-ui", "--interval", "500ms", "--duration", f"{cycle_s + 1:g}s",
+         "--port", str(port)],
+        capture_output=True, text=True, timeout=240, env=demo_env(), cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    stdout = result.stdout
+    assert f"http://127.0.0.1:{port}/metrics" in stdout
+    assert f"http://127.0.0.1:{port}/api/v1/targets" in stdout
+    for index, phase in enumerate(demo_phases(), start=1):
+        assert f"phase {index}/7: {phase.title}" in result.stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["phases_played"][:7] == [p.name for p in demo_phases()]
+
+    outages = summary["outages"]
+    by_probe = {o["probe"]: o for o in outages if o["kind"] == "probe"}
+    # The global outage: each social probe, global, from every region, failing at one phase.
+    for probe in SOCIAL_PROBES:
+        record = by_probe[probe]
+        assert record["peak_scope"] == "global", record
+        assert sorted(record["regions_ever"]) == ALL_REGIONS, record
+        assert record["ended_at"] is not None, record
+    assert len({by_probe[p]["phase"] for p in SOCIAL_PROBES}) == 1
+    social = [o for o in outages if o["kind"] == "service" and o["service"] == "social"]
+    assert len(social) == 1
+    assert social[0]["peak_scope"] == "global"
+    assert set(social[0]["probes"]) == set(SOCIAL_PROBES)
+    # The regional outage: bank, from ap-south only.
+    for probe in BANK_PROBES:
+        record = by_probe[probe]
+        assert record["peak_scope"] == "regional", record
+        assert record["regions_ever"] == [REGIONAL_OUTAGE_REGION], record
+    # The broken agent: impaired, and nothing else was.
+    assert summary["impaired_agents"] == [{"id": BROKEN_AGENT, "region": "eu-central"}]
+    # No other outage: only the social and bank probes, and their service records.
+    expected = set(SOCIAL_PROBES) | set(BANK_PROBES)
+    unexpected = [o for o in outages
+                  if not (o["kind"] == "probe" and o["probe"] in expected)
+                  and not (o["kind"] == "service" and o["service"] in {"social", "bank"})]
+    assert unexpected == []
+    assert len([o for o in outages if o["kind"] == "probe"]) == len(expected)
+    assert "agents impaired: fra-2 (eu-central)" in stdout
+
+
+def tmux(socket_name: str, *args: str) -> str:
+    binary = shutil.which("tmux") or "tmux"
+    done = subprocess.run([binary, "-L", socket_name, *args], capture_output=True, text=True,
+                          timeout=10, check=False)
+    return done.stdout
+
+
+@pytest.mark.timeout(180)
+def test_demo_live_table_in_a_terminal():
+    need_binary("tmux", "tmux")
+    socket_name = f"probenet-e2e-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    interval_s = 0.3
+    schedule = demo_schedule(interval_s)
+    # Long enough to reach the broken-agent phase (the sixth) and see it impaired.
+    duration_s = schedule.phase_seconds * 6
+    command = " ".join([
+        *(f"'{part}'" for part in DEMO), "--interval", "300ms", "--duration",
+        f"{duration_s:g}s", "--port", str(port)])
+    env_args = [arg for key, value in demo_env().items() if key in {"PYTHONPATH", "PATH"}
+                for arg in ("-e", f"{key}={value}")]
+    tmux(socket_name, "new-session", "-d", "-x", "200", "-y", "70", "-s", "demo",
+         *env_args, "-c", str(ROOT), f"{command}; echo DEMO-EXIT=$?; sleep 60")
+    screens: list[str] = []
+    try:
+        deadline = time.monotonic() + duration_s + 90
+        while time.monotonic() < deadline:
+            screen = tmux(socket_name, "capture-pane", "-p", "-t", "demo")
+            screens.append(screen)
+            if "DEMO-EXIT=" in screen:
+                break
+            time.sleep(0.3)
+    finally:
+        tmux(socket_name, "kill-server")
+    seen = "\n".join(screens)
+    assert "DEMO-EXIT=0" in seen, screens[-1] if screens else "no screen captured"
+    assert "targets: probe x region" in seen
+    for region in ALL_REGIONS:
+        assert region in seen
+    # The states the story must have shown in the tables (rows, not the header's phase
+    # title, which names the phase and the broken agent too).
+    assert any(all(state_of(s, p) == "global_outage" for p in SOCIAL_PROBES) for s in screens), \
+        "the table never showed the social probes in global_outage"
+    assert any("✖ down" in row for s in screens for row in rows(s, "social-web"))
+    assert any(state_of(s, "bank-web") == "regional_outage" for s in screens)
+    assert any(row.split("│")[4].strip() == "impaired"
+               for s in screens for row in rows(s, BROKEN_AGENT)), \
+        "the agents table never showed the broken agent impaired"
+    assert "open outages" in seen
+    assert any("phase 2/7" in s for s in screens)
+    assert f"http://127.0.0.1:{port}/metrics" in seen
+
+
+def rows(screen: str, first_cell: str) -> list[str]:
+    """Table rows of a captured screen whose first cell is `first_cell`."""
+    return [line for line in screen.splitlines()
+            if line.startswith("│") and line.split("│")[1].strip() == first_cell]
+
+
+def state_of(screen: str, probe: str) -> str | None:
+    """The `state` cell (last column) of `probe`'s row in the targets table."""
+    found = [row for row in rows(screen, probe) if row.count("│") >= 8]
+    return found[0].split("│")[-2].strip() if found else None
