@@ -25,10 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 
-from probenet.v1 import probenet_pb2 as pb  # noqa: E402
-
 from collector.classify import Classifier  # noqa: E402
 from collector.model import ClassificationParams  # noqa: E402
+from probenet.v1 import probenet_pb2 as pb  # noqa: E402
 
 BATCH = 100
 REGIONS = 10
@@ -59,7 +58,7 @@ def make_batches(agent_ids: list[str], probe_names: list[str], total: int, *,
     made = 0
     while made < total:
         for agent_id in agent_ids:
-            results = []
+            results: list[pb.ProbeResult] = []
             for _ in range(BATCH):
                 name = probe_names[cursor[agent_id] % len(probe_names)]
                 cursor[agent_id] += 1
@@ -143,7 +142,7 @@ def main() -> None:
                                        "pairs": pairs, "results": args.results,
                                        "repeat": args.repeat}
     outage = frozenset(probe_names[: max(1, args.probes // 20)])
-    runs = (
+    runs: tuple[tuple[str, str, float, frozenset[str]], ...] = (
         ("steady", "steady (all up)", 0.0, frozenset()),
         ("noisy", "1% unconfirmed failures", 0.01, frozenset()),
         ("outage", "5% of probes down, global", 0.0, outage),
@@ -165,6 +164,16 @@ def main() -> None:
         del batches
     opened = {r.probe for r in clf.open_outages() if r.probe}
     assert opened == set(outage), "the outage run must classify exactly its probes"
+    # A tick that scans every pair's freshness (each agent's scan falls due once an interval).
+    started = time.perf_counter()
+    clf.tick(START + 20.0)
+    tick_s = time.perf_counter() - started
+    started = time.perf_counter()
+    scraped = sum(1 for sample in clf.samples() if sample.success)
+    samples_s = time.perf_counter() - started
+    assert scraped > 0
+    figures["tick_full_scan_ms"] = round(tick_s * 1000, 2)
+    figures["samples_iteration_ms"] = round(samples_s * 1000, 2)
     del clf
     per_pair = bytes_per_pair(args.agents, args.probes)
     figures["bytes_per_pair"] = round(per_pair, 1)
@@ -176,6 +185,8 @@ def main() -> None:
     for label, count, best, median in rows:
         print(f"{label:<28} {count:>9} {best:>8.3f} {median:>9.3f} "
               f"{best / count * 1e6:>10.3f} {count / best:>11,.0f}")
+    print(f"{'tick, full freshness scan':<28} {pairs:>9} {tick_s * 1000:>8.1f} ms")
+    print(f"{'samples() iteration':<28} {pairs:>9} {samples_s * 1000:>8.1f} ms")
     print(f"{'memory per pair':<28} {per_pair:>9.0f} bytes (tracemalloc; target < 2048)")
     print(json.dumps(figures))
 

@@ -17,6 +17,21 @@ settled as written on each method below. The layers, bottom up:
 Hot path: `apply` for a success on a pair that is already up, fresh and not recovering only
 stores the sample; everything else goes through the slow path, which evaluates impairment
 before region verdicts so that a broken agent is left out before its word can open an outage.
+
+Points settled here (DESIGN.md and the lead's notes leave them open):
+
+- "Other regions see those probes up" counts only up results stamped after the agent's
+  first failure of that probe. Up verdicts from before the onset of a real outage are no
+  evidence; without this, the first agent to report a real outage of half its probes would
+  be taken for broken (the motivating case: four services of one provider down at once).
+- Until that evidence arrives, an agent down on enough probes is a *suspect*: its down votes
+  count like a lone agent's single confirmed failure (only with another region down too).
+  A real outage is corroborated at once; a broken agent opens nothing, in any result order.
+- An impaired agent is also released when the other regions no longer see its down probes
+  up (the outage reached them). Its carried-over down verdicts must be confirmed again.
+- Recovery counts up results from counted agents of the region: a region with two agents
+  can recover within one interval. A (weak) down vote in between restarts the count.
+- A resolved probe record keeps the regions it last named (`regions_ever` has them all).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from collector.model import (
     OutageKind,
     OutageRecord,
     OutageTransition,
+    Scope,
     Transition,
     TransitionSink,
 )
@@ -307,10 +308,14 @@ class CommitMetrics:
         self.opened = Counter(
             "probenet_outages_opened", "Outage records opened, by kind and scope at opening.",
             ["kind", "scope"], registry=registry)
+        # Every series exists from the start at 0, so increase() sees the first outage.
+        for kind in OutageKind:
+            for scope in Scope:
+                self.opened.labels(str(kind), str(scope))
         self.detection_seconds = Histogram(
             "probenet_outage_detection_seconds",
             "Time from an outage's first failing observation to its classification.",
-            buckets=(1, 2, 5, 10, 15, 30, 60, 120, 300, 600),
+            buckets=(0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600),
             registry=registry)
 
     def journal_committed(self, seconds: float) -> None:

@@ -13,12 +13,11 @@ label): resolve, connect, tls, processing, transfer (http); resolve, setup, rtt 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 FAILURE_PHASES = ("dns", "connect", "tls", "request", "response", "validation", "timeout")
 

@@ -17,6 +17,7 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
+
 from probenet.v1 import probenet_pb2 as pb
 
 if TYPE_CHECKING:

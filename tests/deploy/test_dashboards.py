@@ -128,6 +128,8 @@ def test_dashboard_structure(path):
     panels = list(iter_panels(board["panels"]))
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids)), "duplicate panel ids"
+    titles = [p["title"] for p in panels]
+    assert len(titles) == len(set(titles)), "duplicate panel titles"
     for panel in panels:
         where = f"panel {panel['id']} {panel.get('title')!r}"
         if panel["type"] == "row":

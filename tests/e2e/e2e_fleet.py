@@ -125,10 +125,10 @@ class LatencyReport:
     def lines(self) -> list[str]:
         if not self.records:
             return ["no detection latency recorded"]
-        head = (f"{'scenario':<40} {'kind':<9} {'inject->API':>12} {'intervals':>10} "
+        head = (f"{'scenario':<44} {'kind':<9} {'inject->API':>12} {'intervals':>10} "
                 f"{'detected-started':>17}")
         out = [head]
-        out.extend(f"{r.scenario:<40} {r.kind:<9} {r.api_seconds:>11.2f}s "
+        out.extend(f"{r.scenario:<44} {r.kind:<9} {r.api_seconds:>11.2f}s "
                    f"{r.api_seconds / r.interval_s:>10.2f} {r.detection_seconds:>16.2f}s"
                    for r in self.records)
         for kind in ("global", "regional"):

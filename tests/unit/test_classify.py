@@ -456,6 +456,55 @@ def test_impairment_waits_until_other_regions_see_those_probes_up() -> None:
     assert not fleet.events()
 
 
+def test_lone_broken_agent_opens_nothing_whatever_the_reporting_order() -> None:
+    # The worst order: the others report before eu-1 in its first broken round (their ups
+    # predate its failures: no evidence yet) and after it in the second, when its failures
+    # are confirmed twice. eu-1 is a suspect by then: its word alone opens nothing.
+    fleet = Fleet({"eu": 1, "us": 1, "ap": 1})
+    fleet.rounds(2)
+    fleet.round(BROKEN_EU1, order=("us-1", "ap-1", "eu-1"))
+    fleet.round(BROKEN_EU1, order=("eu-1", "us-1", "ap-1"))
+    assert fleet.events() == []
+    assert fleet.agent("eu-1")["impaired"]
+    fleet.rounds(3, BROKEN_EU1 )
+    assert fleet.events() == []
+    assert all(fleet.verdicts(p)["eu"] is UNKNOWN for p in PROBES)
+
+
+def test_agent_impaired_by_an_outage_that_spreads_is_released() -> None:
+    # dns, cdn and mail fail at eu-1 first; us and ap still see them up afterwards, so eu-1
+    # is (rightly, so far) impaired. Then the outage reaches everyone: not eu-1's network.
+    fleet = Fleet({"eu": 1, "us": 1, "ap": 1})
+    fleet.rounds(2)
+    three = Down(("dns", "cdn", "mail"), agents=("eu-1",))
+    fleet.rounds(2, three)
+    assert fleet.agent("eu-1")["impaired"]
+    assert fleet.open() == []
+    everywhere = Down(("dns", "cdn", "mail"))
+    fleet.rounds(2, everywhere)
+    assert not fleet.agent("eu-1")["impaired"]
+    fleet.rounds(1, everywhere)
+    for probe in ("dns", "cdn", "mail"):
+        assert fleet.verdicts(probe) == {"eu": DOWN, "us": DOWN, "ap": DOWN}
+        assert fleet.state(probe) is GLOBAL
+    assert sorted(r.probe or "" for r in fleet.open()) == ["cdn", "dns", "mail"]
+
+
+def test_agent_released_from_impairment_must_confirm_its_failures_again() -> None:
+    # eu-1 (alone in eu) heals probe by probe: its remaining failures, carried over from
+    # the impaired time, are not firm until confirmed again: nothing opens on the way.
+    fleet = Fleet({"eu": 1, "us": 1, "ap": 1})
+    fleet.rounds(2)
+    fleet.rounds(3, BROKEN_EU1)
+    assert fleet.agent("eu-1")["impaired"]
+    fleet.round(Down(("mail", "auth"), agents=("eu-1",)))
+    assert not fleet.agent("eu-1")["impaired"]
+    assert fleet.open() == []
+    fleet.round()
+    assert fleet.open() == []
+    assert fleet.events() == []
+
+
 # -- stale and disconnected agents ------------------------------------------------------------
 
 
@@ -889,6 +938,25 @@ def test_restore_service_and_isolated_records() -> None:
     after.rounds(5)
     assert after.open() == []
     assert sorted(t.record.id for t in after.events(OutageEvent.RESOLVED)) == sorted(before)
+
+
+def test_restore_monitoring_degraded_resolves_after_a_staleness_window_of_evidence() -> None:
+    fleet = Fleet({"a": 1, "b": 1, "c": 1, "d": 1, "e": 1})
+    fleet.rounds(2)
+    fleet.rounds(4, silent=("c-1", "d-1", "e-1"))
+    (degraded,) = fleet.open()
+    assert degraded.kind is OutageKind.MONITORING_DEGRADED
+    after = _restarted(fleet)
+    assert after.clf.monitoring_degraded
+    after.rounds(2, Down(WEB, regions=("a",)))  # healthy fleet, but not for long enough yet
+    assert after.clf.monitoring_degraded
+    assert after.open(OutageKind.PROBE) == [], "no outage while degraded, restored or not"
+    after.rounds(2, Down(WEB, regions=("a",)))
+    assert not after.clf.monitoring_degraded
+    (resolved,) = after.events(OutageEvent.RESOLVED)
+    assert resolved.record.id == degraded.id
+    (opened,) = after.events(OutageEvent.OPENED)
+    assert (opened.record.probe, opened.record.regions) == ("web", ("a",))
 
 
 def test_restore_resolves_a_duplicate_record_for_one_probe() -> None:

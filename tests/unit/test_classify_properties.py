@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +23,9 @@ from collector.model import (
     TargetState,
     Transition,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 REGIONS = ("eu", "us", "ap", "sa", "af")
 PHASES = ((CONNECT, "connect_refused"), (DNS, "dns_servfail"), (TLS, "tls_handshake"))
@@ -233,40 +237,52 @@ def test_random_independent_loss_opens_no_outage(regions: dict[str, int], seed: 
     assert not any(a.impaired for a in fleet.clf.agents())
 
 
-@st.composite
-def chaos(draw: st.DrawFn) -> dict[str, object]:
-    regions = draw(fleets)
-    return {
-        "regions": regions,
-        "seed": draw(st.integers(0, 2**32)),
-        "rounds": draw(st.integers(4, 30)),
-        "services": draw(st.dictionaries(st.sampled_from(PROBES), st.sampled_from(("s1", "s2")),
-                                         max_size=4)),
-        "skew": draw(st.sampled_from((0.0, 2.0, 120.0, -86_400.0))),
-        "restart_at": draw(st.one_of(st.none(), st.integers(1, 20))),
-        "flap_window_s": draw(st.sampled_from((60.0, 1800.0))),
-    }
+@dataclass(frozen=True)
+class Chaos:
+    """A random scenario: fleet, faults (from `seed`), clock skew, maybe a restart."""
+
+    regions: dict[str, int]
+    seed: int
+    rounds: int
+    services: dict[str, str]
+    skew_s: float
+    restart_at: int | None
+    flap_window_s: float
+
+
+chaos = st.builds(
+    Chaos,
+    regions=fleets,
+    seed=st.integers(0, 2**32),
+    rounds=st.integers(4, 30),
+    services=st.dictionaries(st.sampled_from(PROBES), st.sampled_from(("s1", "s2")), max_size=4),
+    skew_s=st.sampled_from((0.0, 2.0, 120.0, -86_400.0)),
+    restart_at=st.one_of(st.none(), st.integers(1, 20)),
+    flap_window_s=st.sampled_from((60.0, 1800.0)),
+)
 
 
 @SETTINGS
-@given(scenario=chaos())
-def test_records_are_consistent_under_random_faults(scenario: dict[str, object]) -> None:
-    """started_at <= detected_at <= ended_at; no two open records for one probe/service/
-    region; ids never reused; only open records change; the same across a restart."""
-    regions: dict[str, int] = scenario["regions"]  # type: ignore[assignment]
-    rng = random.Random(scenario["seed"])  # type: ignore[arg-type]
-    params = ClassificationParams(flap_window_s=scenario["flap_window_s"])  # type: ignore[arg-type]
-    skew_s: float = scenario["skew"]  # type: ignore[assignment]
-    fleet = Fleet(regions, params=params,
-                  services=scenario["services"],  # type: ignore[arg-type]
-                  networks={a: f"as{i % 2}" for i, a in enumerate(
-                      f"{r}-{n}" for r in regions for n in range(1, regions[r] + 1))})
+@given(scenario=chaos)
+def test_records_are_consistent_under_random_faults(scenario: Chaos) -> None:
+    """Check the record invariants under random faults, across a restart too.
+
+    started_at <= detected_at <= ended_at; never two open records for one probe, service or
+    region; ids never reused; only open records change; everything resolves once healed.
+    """
+    regions = scenario.regions
+    rng = random.Random(scenario.seed)
+    params = ClassificationParams(flap_window_s=scenario.flap_window_s)
+    skew_s = scenario.skew_s
+    agent_ids = [f"{r}-{n}" for r in regions for n in range(1, regions[r] + 1)]
+    fleet = Fleet(regions, params=params, services=scenario.services,
+                  networks={a: f"as{i % 2}" for i, a in enumerate(agent_ids)})
     fleet.skew = {a: rng.uniform(-1, 1) * skew_s for a in fleet.agents}
     ledger = Ledger()
     fleet.rounds(2)
     run_checked(fleet, ledger)
-    for n in range(scenario["rounds"]):  # type: ignore[call-overload]
-        if n == scenario["restart_at"]:
+    for n in range(scenario.rounds):
+        if n == scenario.restart_at:
             records = fleet.clf.open_outages()
             clf = Classifier(params, new_id=lambda: f"r{rng.getrandbits(64):x}")
             clf.restore(records, fleet.now)

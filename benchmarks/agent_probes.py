@@ -1,0 +1,395 @@
+"""Agent probe throughput and CPU cost, side by side with blackbox_exporter, and idle memory.
+
+    .venv/bin/python benchmarks/agent_probes.py [--seconds 8] [--probes 2000]
+
+Everything runs on loopback. CPU 1 hosts the targets (a plain HTTP/1.1 server answering
+200 "ok" and closing, and a TCP server that accepts and closes), the real collector
+(`probenet collector` in its own process) and the load driver for blackbox_exporter.
+CPU 0 hosts the system under test, one at a time:
+
+1. `probenet agent` (a real agent process, config written to a temp dir) with `--probes`
+   probes of one kind at an interval short enough to saturate one core, every result
+   streamed to the collector. Probes completed come from the agent's own
+   `probenet_agent_probe_runs_total`, CPU seconds of the agent process from /proc.
+2. prometheus-blackbox-exporter (`GOMAXPROCS=1`), driven through `/probe` with a bounded
+   number of concurrent requests (`--concurrency`) for the same target and kind; probes
+   completed are the driver's successful `/probe` answers, CPU seconds those of the
+   exporter process.
+
+Every probe opens a fresh connection (the agent always does; blackbox_exporter builds a new
+HTTP client per probe). The figure to compare is probes per CPU-second of the process under
+test; the ratio agent/blackbox is printed per kind. Then an agent with 10,000 probe
+definitions is started idle (5 minute interval) and its RSS read after it settled.
+
+Prints a table; the last stdout line is one JSON object holding every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+SUT_CPU, LOAD_CPU = 0, 1
+BLACKBOX = shutil.which("prometheus-blackbox-exporter") or "/usr/bin/prometheus-blackbox-exporter"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def probenet(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from probenet.cli import main; main()", *args]
+
+
+def spawn(cmd: list[str], cpu: int, log: Path, env: dict[str, str] | None = None,
+          ) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=out, cwd=ROOT, env=env,
+                                preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# -- targets (a child process on the load CPU) -----------------------------------------------
+
+TARGET_CODE = r"""
+import asyncio, os, sys
+os.sched_setaffinity(0, {%d})
+RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
+            b"Connection: close\r\n\r\nok")
+class Http(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.buffer = transport, b""
+    def data_received(self, data):
+        self.buffer += data
+        if b"\r\n\r\n" in self.buffer:
+            self.transport.write(RESPONSE)
+            self.transport.close()
+class Tcp(asyncio.Protocol):
+    def connection_made(self, transport):
+        transport.close()
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_server(Http, "127.0.0.1", %d, backlog=8192)
+    await loop.create_server(Tcp, "127.0.0.1", %d, backlog=8192)
+    print("ready", flush=True)
+    await asyncio.sleep(%d)
+asyncio.run(main())
+"""
+
+
+# -- the agent under test ----------------------------------------------------------------------
+
+def agent_yaml(kind: str, target: str, probes: int, interval: str, collector: str,
+               metrics_port: int) -> str:
+    lines = [f"  - {{name: {kind}-{i}, kind: {kind}, target: '{target}'}}"
+             for i in range(probes)]
+    return "\n".join([
+        "agent: {id: bench-1, region: bench}",
+        f"collectors: [{{address: '{collector}'}}]",
+        f"defaults: {{interval: {interval}, timeout: 900ms}}",
+        "scheduler: {max_concurrent: 256, confirm_failures: false}",
+        "stream: {max_batch_results: 1000, linger: 50ms}",
+        "buffer: {max_results: 1000000}",
+        f"metrics: {{listen: '127.0.0.1:{metrics_port}'}}",
+        "probes:", *lines, ""])
+
+
+async def scrape(port: int) -> dict[str, float]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+    body = (await reader.read()).decode()
+    writer.close()
+    values: dict[str, float] = {}
+    for line in body.splitlines():
+        if line.startswith("probenet_agent_probe_runs_total"):
+            result = "success" if 'result="success"' in line else "failure"
+            values[result] = values.get(result, 0.0) + float(line.rsplit(" ", 1)[1])
+        elif line.startswith("probenet_agent_results_sent_total"):
+            values["sent"] = float(line.rsplit(" ", 1)[1])
+    return values
+
+
+async def wait_metrics(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"agent exited:\n{log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError):
+            await scrape(port)
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError("agent metrics did not come up")
+
+
+async def measure_agent(kind: str, target: str, args: argparse.Namespace, collector: str,
+                        folder: Path, uvloop: bool) -> dict[str, float]:
+    port = free_port()
+    config = folder / f"agent-{kind}.yaml"
+    config.write_text(agent_yaml(kind, target, args.probes, args.interval, collector, port))
+    log = folder / f"agent-{kind}.log"
+    env = dict(os.environ)
+    if not uvloop:
+        env["PROBENET_NO_UVLOOP"] = "1"
+    proc = spawn(probenet("agent", "--config", str(config), "--log-level", "warning"),
+                 SUT_CPU, log, env)
+    try:
+        await wait_metrics(port, proc, log)
+        await asyncio.sleep(args.warmup)
+        before, cpu0, t0 = await scrape(port), cpu_seconds(proc.pid), time.monotonic()
+        await asyncio.sleep(args.seconds)
+        after, cpu1, t1 = await scrape(port), cpu_seconds(proc.pid), time.monotonic()
+    finally:
+        stop(proc)
+    done = after.get("success", 0) - before.get("success", 0)
+    failed = after.get("failure", 0) - before.get("failure", 0)
+    cpu = cpu1 - cpu0
+    return {"probes_per_s": done / (t1 - t0), "cpu_s_per_1000": 1000 * cpu / max(done, 1),
+            "probes_per_cpu_s": done / max(cpu, 1e-9), "failures": failed,
+            "streamed": after.get("sent", 0) - before.get("sent", 0)}
+
+
+# -- blackbox_exporter under test ----------------------------------------------------------------
+
+BLACKBOX_MODULES = """modules:
+  http_2xx:
+    prober: http
+    timeout: 2s
+    http: {preferred_ip_protocol: ip4, ip_protocol_fallback: false}
+  tcp_connect:
+    prober: tcp
+    timeout: 2s
+    tcp: {preferred_ip_protocol: ip4, ip_protocol_fallback: false}
+"""
+
+DRIVER_CODE = r"""
+import asyncio, json, os, sys, time
+os.sched_setaffinity(0, {%d})
+URL, CONCURRENCY, SECONDS = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+PATH = URL.split("/", 3)[3]
+HOST, PORT = URL.split("/")[2].split(":")
+async def worker(stop_at, counts):
+    reader = writer = None
+    while time.monotonic() < stop_at:
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection(HOST, int(PORT))
+            writer.write(f"GET /{PATH} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError, IndexError, ValueError) as exc:
+            counts["errors"] += 1
+            counts["last_error"] = repr(exc)
+            if writer is not None:
+                writer.close()
+            reader = writer = None
+            await asyncio.sleep(0.01)
+            continue
+        key = "ok" if b"probe_success 1" in body else "failed"
+        counts[key] += 1
+    if writer is not None:
+        writer.close()
+async def main():
+    counts = {"ok": 0, "failed": 0, "errors": 0}
+    start = time.monotonic()
+    await asyncio.gather(*(worker(start + SECONDS, counts) for _ in range(CONCURRENCY)))
+    counts["seconds"] = time.monotonic() - start
+    print(json.dumps(counts))
+asyncio.run(main())
+"""
+
+
+async def measure_blackbox(kind: str, target: str, args: argparse.Namespace,
+                           folder: Path) -> dict[str, float]:
+    modules = folder / "blackbox.yml"
+    modules.write_text(BLACKBOX_MODULES)
+    port = free_port()
+    log = folder / "blackbox.log"
+    env = {**os.environ, "GOMAXPROCS": "1"}
+    proc = spawn([BLACKBOX, f"--config.file={modules}",
+                  f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                 SUT_CPU, log, env)
+    module = "http_2xx" if kind == "http" else "tcp_connect"
+    url = f"http://127.0.0.1:{port}/probe?module={module}&target={target}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"blackbox_exporter did not start:\n{log.read_text()}")
+            await asyncio.sleep(0.1)
+        driver = [sys.executable, "-c", DRIVER_CODE % LOAD_CPU]
+
+        async def drive(seconds: float) -> dict[str, Any]:
+            done = await asyncio.to_thread(
+                subprocess.run, [*driver, url, str(args.concurrency), str(seconds)],
+                capture_output=True, text=True, timeout=120, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"blackbox driver failed: {done.stderr[-2000:]}")
+            result: dict[str, Any] = json.loads(done.stdout)
+            return result
+
+        await drive(args.warmup)
+        cpu0 = cpu_seconds(proc.pid)
+        counts = await drive(args.seconds)
+        cpu = cpu_seconds(proc.pid) - cpu0
+    finally:
+        stop(proc)
+    ok = counts["ok"]
+    return {"probes_per_s": ok / counts["seconds"], "cpu_s_per_1000": 1000 * cpu / max(ok, 1),
+            "probes_per_cpu_s": ok / max(cpu, 1e-9),
+            "failures": counts["failed"] + counts["errors"]}
+
+
+# -- idle memory -------------------------------------------------------------------------------------
+
+async def measure_idle_rss(collector: str, folder: Path, count: int) -> dict[str, float]:
+    port = free_port()
+    config = folder / "agent-idle.yaml"
+    lines = [f"  - {{name: idle-{i}, kind: {'http' if i % 2 else 'tcp'}, target: "
+             f"'{'http://127.0.0.1:9/x' if i % 2 else '127.0.0.1:9'}'}}" for i in range(count)]
+    config.write_text("\n".join([
+        "agent: {id: bench-idle, region: bench}",
+        f"collectors: [{{address: '{collector}'}}]",
+        "defaults: {interval: 5m, timeout: 2s}",
+        f"metrics: {{listen: '127.0.0.1:{port}'}}", "probes:", *lines, ""]))
+    log = folder / "agent-idle.log"
+    proc = spawn(probenet("agent", "--config", str(config), "--log-level", "warning"),
+                 SUT_CPU, log)
+    try:
+        await wait_metrics(port, proc, log)
+        await asyncio.sleep(5)
+        rss = rss_bytes(proc.pid)
+        cpu0 = cpu_seconds(proc.pid)
+        await asyncio.sleep(5)
+        idle_cpu = (cpu_seconds(proc.pid) - cpu0) / 5
+    finally:
+        stop(proc)
+    return {"probes": count, "rss_mb": rss / 2**20, "idle_cpu_share": idle_cpu}
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    figures: dict[str, Any] = {"seconds": args.seconds, "probes": args.probes,
+                               "interval": args.interval, "concurrency": args.concurrency}
+    try:
+        import uvloop  # noqa: F401, PLC0415
+        has_uvloop = True
+    except ImportError:
+        has_uvloop = False
+    figures["uvloop_installed"] = has_uvloop
+    with tempfile.TemporaryDirectory(prefix="probenet-bench-") as tmp:
+        folder = Path(tmp)
+        http_port, tcp_port = free_port(), free_port()
+        targets = subprocess.Popen(
+            [sys.executable, "-c", TARGET_CODE % (LOAD_CPU, http_port, tcp_port, 600)],
+            stdout=subprocess.PIPE)
+        grpc_port, api_port = free_port(), free_port()
+        collector_config = folder / "collector.yaml"
+        collector_config.write_text(
+            f"listen: {{grpc: '127.0.0.1:{grpc_port}', http: '127.0.0.1:{api_port}'}}\n"
+            f"journal: {{path: '{folder / 'journal.db'}'}}\ncollector_id: bench\n")
+        collector = spawn(probenet("collector", "--config", str(collector_config),
+                                   "--log-level", "warning"), LOAD_CPU, folder / "collector.log")
+        try:
+            assert targets.stdout is not None
+            targets.stdout.readline()
+            http_target = f"http://127.0.0.1:{http_port}/"
+            tcp_target = f"127.0.0.1:{tcp_port}"
+            await asyncio.sleep(1.0)
+            loops = [False, True] if has_uvloop else [False]
+            for kind, target in (("http", http_target), ("tcp", tcp_target)):
+                for use_uvloop in loops:
+                    name = f"agent_{kind}" + ("_uvloop" if use_uvloop else "")
+                    figures[name] = await measure_agent(kind, target, args,
+                                                        f"127.0.0.1:{grpc_port}", folder,
+                                                        use_uvloop)
+                if Path(BLACKBOX).exists():
+                    figures[f"blackbox_{kind}"] = await measure_blackbox(kind, target, args,
+                                                                         folder)
+            figures["idle"] = await measure_idle_rss(f"127.0.0.1:{grpc_port}", folder,
+                                                     args.idle_probes)
+        finally:
+            stop(collector)
+            targets.kill()
+            targets.wait()
+    for kind in ("http", "tcp"):
+        black = figures.get(f"blackbox_{kind}")
+        for suffix in ("", "_uvloop"):
+            agent = figures.get(f"agent_{kind}{suffix}")
+            if black and agent and black["probes_per_cpu_s"] > 0:
+                figures[f"ratio_{kind}{suffix}"] = (agent["probes_per_cpu_s"] /
+                                                    black["probes_per_cpu_s"])
+    return figures
+
+
+def print_table(figures: dict[str, Any]) -> None:
+    print(f"{'run':<22} {'probes/s':>10} {'CPU s/1000':>11} {'probes/CPU-s':>13} "
+          f"{'failures':>9}")
+    for name in ("agent_http", "agent_http_uvloop", "blackbox_http", "agent_tcp",
+                 "agent_tcp_uvloop", "blackbox_tcp"):
+        row = figures.get(name)
+        if row:
+            print(f"{name:<22} {row['probes_per_s']:>10.0f} {row['cpu_s_per_1000']:>11.3f} "
+                  f"{row['probes_per_cpu_s']:>13.0f} {row['failures']:>9.0f}")
+    for key in ("ratio_http", "ratio_http_uvloop", "ratio_tcp", "ratio_tcp_uvloop"):
+        if key in figures:
+            print(f"{key:<22} agent/blackbox probes per CPU-second = {figures[key]:.2f}")
+    idle = figures["idle"]
+    print(f"idle agent with {idle['probes']} probes: RSS {idle['rss_mb']:.1f} MB, "
+          f"CPU {100 * idle['idle_cpu_share']:.1f}% of a core")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per run")
+    parser.add_argument("--probes", type=int, default=8000, help="probes in the agent")
+    parser.add_argument("--interval", default="1s", help="their interval (saturating)")
+    parser.add_argument("--concurrency", type=int, default=64,
+                        help="concurrent /probe requests to blackbox_exporter")
+    parser.add_argument("--idle-probes", type=int, default=10_000)
+    result = asyncio.run(main(parser.parse_args()))
+    print(json.dumps(result, indent=1), file=sys.stderr)
+    print_table(result)
+    print(json.dumps(result, sort_keys=True))
