@@ -298,6 +298,14 @@ class CollectorTls(_PathModel):
             raise ValueError("cert_file and key_file go together: set both or neither")
         return self
 
+    @field_validator("insecure_skip_verify")
+    @classmethod
+    def _verify_always(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("gRPC always verifies the collector's certificate: set ca_file "
+                             "to the CA that signed it (and server_name if its name differs)")
+        return value
+
 
 class CollectorTarget(_PathModel):
     """One collector to stream every result to."""

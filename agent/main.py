@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import logging
 import os
 import signal
@@ -21,7 +23,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
-from probenet.v1 import probenet_pb2 as pb
 from prometheus_client import CollectorRegistry
 
 from agent.config import AgentConfig, ConfigError, load_config
@@ -31,6 +32,7 @@ from agent.results import ResultFanout
 from agent.scheduler import Scheduler
 from agent.spool import Spool
 from agent.stream import CollectorStream
+from probenet.v1 import probenet_pb2 as pb
 from probenet.version import __version__
 
 if TYPE_CHECKING:
@@ -213,6 +215,18 @@ async def _reload_loop(agent: Agent, path: Path, requested: asyncio.Event,
             agent.reload(config)
         except ProbeBuildError as exc:
             log.error("config reload rejected: %s", exc)  # noqa: TRY400 - no traceback
+        release_freed_memory()
+
+
+def release_freed_memory() -> None:
+    """Give memory freed after a config load back to the OS (glibc keeps it otherwise).
+
+    Parsing a config of ten thousand probes peaks at about twice what the parsed objects
+    keep; without this the agent would idle at that peak.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -236,6 +250,7 @@ def run(path: str | Path) -> int:
         for issue in exc.issues:
             print(issue, file=sys.stderr)  # noqa: T201 - the CLI's error output
         return 1
+    release_freed_memory()
     problems = preflight(config)
     if problems:
         for problem in problems:

@@ -7,9 +7,10 @@ millisecond, and the schedule does not drift. Timers are the event loop's own (`
 so an idle agent with ten thousand probes holds ten thousand timer handles, not tasks.
 
 Each firing starts one task (named `probe:<name>`) in the scheduler's TaskGroup; a
-semaphore bounds how many run at once. A probe never overlaps itself: if its previous run
-is still going (a failure being confirmed, or a queue behind the semaphore) the firing is
-skipped and counted. A slow probe only ever delays itself.
+semaphore bounds how many run at once. A probe never overlaps itself: its next firing is
+armed when its run (and confirmation) ends, on the same phase; intervals that passed
+meanwhile (a failure being confirmed, a queue behind the semaphore) are skipped and counted.
+A slow probe only ever delays itself.
 
 Confirmation: a failed run is re-probed once after `confirm_delay`; the first failure is
 sent with confirmed=false, the re-probe's failures with confirmed=true (its successes as
@@ -37,11 +38,10 @@ from agent.results import to_wire
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from probenet.v1 import probenet_pb2 as pb
-
     from agent.config import ProbeSpec
     from agent.metrics import ProbeCounters
     from agent.probes.base import Probe, ProbeOutcome
+    from probenet.v1 import probenet_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -154,25 +154,36 @@ class Scheduler:
         entry.handle = self._loop.call_at(due, self._fire, entry)
 
     def _fire(self, entry: ScheduledProbe) -> None:
-        loop = self._loop
-        assert loop is not None
+        entry.handle = None
         if self._stopped or entry.removed or self._tasks is None:
             return
-        now = loop.time()
+        if self._record_firings:
+            assert self._loop is not None
+            entry.fired_at.append(self._loop.time())
+        if entry.running:  # a replaced probe's old run is still going: try next interval
+            self._rearm(entry)
+            return
+        # The next firing is armed when this run (and its confirmation) ends: a probe has a
+        # timer or a run, never both, so an overloaded agent does not churn timers.
+        entry.task = self._tasks.create_task(self._run(entry), name=f"probe:{entry.spec.name}")
+
+    def _rearm(self, entry: ScheduledProbe) -> None:
+        """Arm the next firing on the probe's phase; count the intervals it missed."""
+        loop = self._loop
+        if loop is None or self._stopped or entry.removed or entry.handle is not None:
+            return
         interval = entry.spec.interval
         due = entry.due + interval
-        if due <= now:  # the loop stalled for more than an interval: keep the phase
-            due += interval * ((now - due) // interval + 1)
-        self._arm(entry, due)
-        if self._record_firings:
-            entry.fired_at.append(now)
-        if entry.running:
-            entry.skipped += 1
+        now = loop.time()
+        if due <= now:  # the run outlasted its interval (or the loop stalled)
+            missed = int((now - due) // interval) + 1
+            due += interval * missed
+            entry.skipped += missed
             if self.counters is not None:
-                self.counters.skipped.labels(entry.spec.kind).inc()
-            log.debug("probe still running: firing skipped", extra={"probe": entry.spec.name})
-            return
-        entry.task = self._tasks.create_task(self._run(entry), name=f"probe:{entry.spec.name}")
+                self.counters.skipped.labels(entry.spec.kind).inc(missed)
+            log.debug("probe run outlasted its interval", extra={
+                "probe": entry.spec.name, "missed": missed})
+        self._arm(entry, due)
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -217,6 +228,8 @@ class Scheduler:
             raise
         except Exception:  # never let one probe take the TaskGroup down
             log.exception("probe run failed", extra={"probe": entry.spec.name})
+        finally:
+            self._rearm(entry)
 
     # -- reload ----------------------------------------------------------------------------
 

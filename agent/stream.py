@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import grpc
-from probenet.v1 import probenet_pb2 as pb
-from probenet.v1 import probenet_pb2_grpc as pb_grpc
 
 from agent.errors import LifecycleError, StreamError, StreamRejectedError
+from probenet.v1 import probenet_pb2 as pb
+from probenet.v1 import probenet_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -207,10 +207,6 @@ class CollectorStream:
         if tls is None:
             return grpc.aio.insecure_channel(self.target.address, options=options)
         address = self.target.address
-        if tls.insecure_skip_verify:
-            raise StreamRejectedError(
-                address, "CONFIG", "insecure_skip_verify is not supported for collector "
-                "streams (gRPC always verifies): set tls.ca_file to the collector's CA")
         root = _read_file(tls.ca_file, "CA file", address) if tls.ca_file else None
         key = _read_file(tls.key_file, "key file", address) if tls.key_file else None
         chain = _read_file(tls.cert_file, "certificate file", address) if tls.cert_file else None

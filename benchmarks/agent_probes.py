@@ -162,7 +162,8 @@ async def measure_agent(kind: str, target: str, args: argparse.Namespace, collec
                         folder: Path, uvloop: bool) -> dict[str, float]:
     port = free_port()
     config = folder / f"agent-{kind}.yaml"
-    config.write_text(agent_yaml(kind, target, args.probes, args.interval, collector, port))
+    rate = args.http_rate if kind == "http" else args.tcp_rate
+    config.write_text(agent_yaml(kind, target, rate, "1s", collector, port))
     log = folder / f"agent-{kind}.log"
     env = dict(os.environ)
     if not uvloop:
@@ -180,9 +181,10 @@ async def measure_agent(kind: str, target: str, args: argparse.Namespace, collec
     done = after.get("success", 0) - before.get("success", 0)
     failed = after.get("failure", 0) - before.get("failure", 0)
     cpu = cpu1 - cpu0
-    return {"probes_per_s": done / (t1 - t0), "cpu_s_per_1000": 1000 * cpu / max(done, 1),
-            "probes_per_cpu_s": done / max(cpu, 1e-9), "failures": failed,
-            "streamed": after.get("sent", 0) - before.get("sent", 0)}
+    return {"offered_per_s": rate, "probes_per_s": done / (t1 - t0),
+            "cpu_s_per_1000": 1000 * cpu / max(done, 1),
+            "probes_per_cpu_s": done / max(cpu, 1e-9), "cpu_share": cpu / (t1 - t0),
+            "failures": failed, "streamed": after.get("sent", 0) - before.get("sent", 0)}
 
 
 # -- blackbox_exporter under test ----------------------------------------------------------------
@@ -200,36 +202,28 @@ BLACKBOX_MODULES = """modules:
 
 DRIVER_CODE = r"""
 import asyncio, json, os, sys, time
+import aiohttp
 os.sched_setaffinity(0, {%d})
 URL, CONCURRENCY, SECONDS = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-PATH = URL.split("/", 3)[3]
-HOST, PORT = URL.split("/")[2].split(":")
-async def worker(stop_at, counts):
-    reader = writer = None
+async def worker(session, stop_at, counts):
     while time.monotonic() < stop_at:
         try:
-            if writer is None:
-                reader, writer = await asyncio.open_connection(HOST, int(PORT))
-            writer.write(f"GET /{PATH} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            body = await reader.readexactly(length)
-        except (OSError, asyncio.IncompleteReadError, IndexError, ValueError) as exc:
+            async with session.get(URL) as response:
+                body = await response.read()
+        except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
             counts["errors"] += 1
             counts["last_error"] = repr(exc)
-            if writer is not None:
-                writer.close()
-            reader = writer = None
             await asyncio.sleep(0.01)
             continue
-        key = "ok" if b"probe_success 1" in body else "failed"
-        counts[key] += 1
-    if writer is not None:
-        writer.close()
+        counts["ok" if b"probe_success 1" in body else "failed"] += 1
 async def main():
     counts = {"ok": 0, "failed": 0, "errors": 0}
-    start = time.monotonic()
-    await asyncio.gather(*(worker(start + SECONDS, counts) for _ in range(CONCURRENCY)))
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = time.monotonic()
+        await asyncio.gather(*(worker(session, start + SECONDS, counts)
+                               for _ in range(CONCURRENCY)))
     counts["seconds"] = time.monotonic() - start
     print(json.dumps(counts))
 asyncio.run(main())
@@ -310,8 +304,7 @@ async def measure_idle_rss(collector: str, folder: Path, count: int) -> dict[str
 # -- main -------------------------------------------------------------------------------------------
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    figures: dict[str, Any] = {"seconds": args.seconds, "probes": args.probes,
-                               "interval": args.interval, "concurrency": args.concurrency}
+    figures: dict[str, Any] = {"seconds": args.seconds, "concurrency": args.concurrency}
     try:
         import uvloop  # noqa: F401, PLC0415
         has_uvloop = True
@@ -384,8 +377,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per run")
-    parser.add_argument("--probes", type=int, default=8000, help="probes in the agent")
-    parser.add_argument("--interval", default="1s", help="their interval (saturating)")
+    parser.add_argument("--http-rate", type=int, default=2500,
+                        help="http probes per second offered to the agent (1s interval)")
+    parser.add_argument("--tcp-rate", type=int, default=4500,
+                        help="tcp probes per second offered to the agent (1s interval)")
     parser.add_argument("--concurrency", type=int, default=64,
                         help="concurrent /probe requests to blackbox_exporter")
     parser.add_argument("--idle-probes", type=int, default=10_000)

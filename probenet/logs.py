@@ -37,21 +37,25 @@ def _logfmt_value(value: Any) -> str:
     return text
 
 
+def _parts(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, Any]:
+    parts = {
+        "ts": _timestamp(record.created),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+        **_fields(record),
+    }
+    if record.exc_info:
+        parts["error"] = formatter.formatException(record.exc_info)
+    return parts
+
+
 class LogfmtFormatter(logging.Formatter):
     """`ts=… level=… logger=… msg="…" key=value …`, one line per record."""
 
     def format(self, record: logging.LogRecord) -> str:
         """Render one record."""
-        parts = {
-            "ts": _timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            **_fields(record),
-        }
-        if record.exc_info:
-            parts["error"] = self.formatException(record.exc_info)
-        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in parts.items())
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _parts(self, record).items())
 
 
 class JsonFormatter(logging.Formatter):
@@ -59,16 +63,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Render one record."""
-        parts = {
-            "ts": _timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            **_fields(record),
-        }
-        if record.exc_info:
-            parts["error"] = self.formatException(record.exc_info)
-        return json.dumps(parts, default=str)
+        return json.dumps(_parts(self, record), default=str)
 
 
 def setup_logging(level: str = "info", fmt: LogFormat = "logfmt",

@@ -13,7 +13,7 @@ import socket
 import ssl
 
 from agent.probes.base import ProbeFailure
-from agent.probes.resolve import address_family, format_host_port
+from agent.probes.resolve import IpFamily, format_host_port, ip_literal
 
 _CLOSE_GRACE_S = 0.5
 
@@ -28,6 +28,20 @@ _CONNECT_REASONS = {
     errno.ENETDOWN: "connect_unreachable",
     errno.EADDRNOTAVAIL: "connect_unreachable",
 }
+
+
+def literal_addresses(host: str, ip_family: IpFamily | None) -> list[str] | None:
+    """`[host]` when it is an IP literal of the wanted family (resolving it is a no-op).
+
+    Probes compute this once at build time: parsing the address on every run is a
+    measurable share of a loopback probe's cost.
+    """
+    literal = ip_literal(host)
+    if literal is None:
+        return None
+    if ip_family is not None and (literal.version == 6) != (ip_family == "ip6"):
+        return None  # let resolve_addresses report the family mismatch
+    return [str(literal)]
 
 
 def connect_failure(exc: OSError, where: str) -> ProbeFailure:
@@ -48,7 +62,7 @@ async def connect_socket(address: str, port: int, *,
     Raises ProbeFailure in phase `connect`; the socket is closed on any failure, and on
     cancellation (the probe's deadline).
     """
-    family = address_family(address)
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)

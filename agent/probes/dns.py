@@ -31,12 +31,12 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
-from probenet.v1 import probenet_pb2 as pb
 
 from agent.config import split_host_port
 from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
 from agent.probes.connect import connect_failure
 from agent.probes.resolve import Resolver, family_for, resolve_addresses, system_resolver
+from probenet.v1 import probenet_pb2 as pb
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

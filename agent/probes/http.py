@@ -25,12 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
-from probenet.v1 import probenet_pb2 as pb
-
 from agent.probes.attempt import probe_each_address
 from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
-from agent.probes.connect import close_stream, connect_socket, open_stream
-from agent.probes.httpclient import HttpResponse, build_request, read_response
+from agent.probes.connect import connect_socket, literal_addresses
+from agent.probes.httpclient import HttpResponse, build_request, exchange
 from agent.probes.resolve import (
     IpFamily,
     Resolver,
@@ -40,6 +38,7 @@ from agent.probes.resolve import (
     system_resolver,
 )
 from agent.probes.tls import client_context, handshake_failure
+from probenet.v1 import probenet_pb2 as pb
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -97,6 +96,7 @@ class HttpProbe:
         self.options = options
         self.source_address = source_address
         self.family: IpFamily | None = family_for(options.ip_family, source_address)
+        self._literal = literal_addresses(self.url.host, self.family)
         self._ssl_context = ssl_context
         self.server_name = server_name
         self.all_addresses = all_addresses
@@ -120,8 +120,8 @@ class HttpProbe:
     async def run(self, tracker: PhaseTracker) -> Sequence[ProbeOutcome]:
         """Probe once (every address of the first hop with all_addresses)."""
         tracker.enter("dns", "resolve")
-        addresses = await resolve_addresses(self.url.host, ip_family=self.family,
-                                            resolver=self.resolver)
+        addresses = self._literal or await resolve_addresses(
+            self.url.host, ip_family=self.family, resolver=self.resolver)
         if self.all_addresses:
             return await probe_each_address(
                 addresses, lambda address, own: self._follow([address], own), tracker,
@@ -214,32 +214,19 @@ class HttpProbe:
                 if index == len(addresses) - 1:
                     raise
         assert sock is not None
-        facts = None
+        request = build_request(method, url.target, url.host_header, self.headers, body)
         if url.scheme == "https":
             tracker.enter("tls", "tls")
-            server_name = self.server_name or url.host
             try:
-                reader, writer = await open_stream(sock, ssl_context=self.ssl_context,
-                                                   server_hostname=server_name)
+                response, ssl_object = await exchange(
+                    sock, request, tracker, ssl_context=self.ssl_context,
+                    server_hostname=self.server_name or url.host,
+                    head_request=method == "HEAD")
             except (ssl.SSLError, ConnectionError, EOFError) as exc:
                 raise handshake_failure(exc, format_host_port(address, url.port)) from exc
-            facts = _tls_facts(writer.get_extra_info("ssl_object"))
-        else:
-            reader, writer = await open_stream(sock)
-        try:
-            tracker.enter("request", "processing")
-            try:
-                writer.write(build_request(method, url.target, url.host_header, self.headers,
-                                           body))
-                await writer.drain()
-            except (ConnectionError, ssl.SSLError) as exc:
-                raise ProbeFailure("request", "connect_reset",
-                                   f"sending the request: {exc}") from exc
-            tracker.enter("response", "processing")
-            response = await read_response(reader, tracker, head_request=method == "HEAD")
-        finally:
-            await close_stream(writer)
-        return response, address, facts
+            return response, address, _tls_facts(ssl_object)
+        response, _ = await exchange(sock, request, tracker, head_request=method == "HEAD")
+        return response, address, None
 
 
 def _read_secret(path: str, what: str) -> str:

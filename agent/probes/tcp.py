@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING
 from agent.config import split_host_port
 from agent.probes.attempt import probe_each_address
 from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
-from agent.probes.connect import close_stream, connect_socket, open_stream
+from agent.probes.connect import (
+    close_stream,
+    connect_socket,
+    literal_addresses,
+    open_stream,
+)
 from agent.probes.resolve import IpFamily, Resolver, family_for, resolve_addresses, system_resolver
 from agent.probes.tls import client_context, handshake_failure
 
@@ -49,6 +54,7 @@ class TcpProbe:
         self.expect = re.compile(expect.encode()) if expect is not None else None
         self.ssl_context = ssl_context
         self.family = family_for(ip_family, source_address)
+        self._literal = literal_addresses(host, self.family)
         self.all_addresses = all_addresses
         self.timeout_s = timeout_s
         self.resolver = resolver
@@ -56,8 +62,8 @@ class TcpProbe:
     async def run(self, tracker: PhaseTracker) -> Sequence[ProbeOutcome]:
         """Probe once (every address with all_addresses)."""
         tracker.enter("dns", "resolve")
-        addresses = await resolve_addresses(self.host, ip_family=self.family,
-                                            resolver=self.resolver)
+        addresses = self._literal or await resolve_addresses(
+            self.host, ip_family=self.family, resolver=self.resolver)
         if self.all_addresses:
             return await probe_each_address(addresses, self._probe_address, tracker,
                                             self.timeout_s)

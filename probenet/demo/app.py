@@ -177,10 +177,9 @@ class DemoRun:
             await self._sleep_unless_stopped(self._poll_s)
 
     def _report(self, event: DemoEvent) -> None:
-        level = logging.INFO if event.event != "target_state" else logging.DEBUG
-        if self.live is None or event.event != "target_state":
-            log.log(level if self.live is not None else logging.INFO, "%s", event.message,
-                    extra={"event": event.event, **event.fields})
+        if self.live is not None and event.event == "target_state":
+            return  # the live table shows every probe's state already
+        log.info("%s", event.message, extra={"event": event.event, **event.fields})
 
     async def summary(self) -> DemoSummary:
         """Every outage the collector journaled during the run, and the impaired agents."""
@@ -307,7 +306,8 @@ async def _play(options: DemoOptions, *, plan: FleetPlan, policy: ScheduledFault
         summary = await run.summary()
     for line in summary.lines():
         _say(line, file=out)
-    _say(json.dumps(summary.to_json()), file=out)
+    if not options.ui:
+        _say(json.dumps(summary.to_json()), file=out)  # for scripts: the last line
     out.flush()
     return 0
 

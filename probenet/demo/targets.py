@@ -231,7 +231,8 @@ class FaultyTargets:
 
     def served(self, probe: str | None = None, since: float = 0.0) -> list[ServedRequest]:
         """Requests answered since `since` (unix seconds), for one probe or all."""
-        return [r for r in self.history
+        # list() copies the deque atomically: tests read it from another thread.
+        return [r for r in list(self.history)
                 if r.at >= since and (probe is None or r.probe == probe)]
 
     async def _stall(self, still_open: Callable[[], bool]) -> None:

@@ -107,8 +107,8 @@ class Latency:
     """One scenario's detection figures."""
 
     scenario: str
-    kind: str  # global | regional
-    api_seconds: float  # fault injected -> outage visible in /api/v1/outages
+    kind: str  # global | regional | impaired
+    api_seconds: float  # fault injected -> outage (or impaired agent) visible in the API
     detection_seconds: float  # detected_at - started_at of the record
     interval_s: float
 

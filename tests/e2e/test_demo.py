@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, free_port, need_binary
@@ -85,8 +88,11 @@ def test_demo_plays_one_cycle_and_classifies_each_fault():
 
 def tmux(socket_name: str, *args: str) -> str:
     binary = shutil.which("tmux") or "tmux"
+    # The tmux server copies this environment into the pane: pytest's COLUMNS/LINES would
+    # make rich lay the table out for the wrong size instead of the pane's.
+    env = {k: v for k, v in os.environ.items() if k not in {"COLUMNS", "LINES"}}
     done = subprocess.run([binary, "-L", socket_name, *args], capture_output=True, text=True,
-                          timeout=10, check=False)
+                          timeout=10, check=False, env=env)
     return done.stdout
 
 
@@ -146,3 +152,105 @@ def state_of(screen: str, probe: str) -> str | None:
     """The `state` cell (last column) of `probe`'s row in the targets table."""
     found = [row for row in rows(screen, probe) if row.count("│") >= 8]
     return found[0].split("│")[-2].strip() if found else None
+
+
+def children_of(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text()
+        found.update(int(p) for p in text.split())
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def start_demo(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
+    out = tmp_path / "demo.out"
+    with out.open("w") as stdout, (tmp_path / "demo.err").open("w") as stderr:
+        process = subprocess.Popen(
+            [*DEMO, "--no-ui", "--interval", "500ms", "--port", str(free_port()), *extra],
+            stdout=stdout, stderr=stderr, env=demo_env(), cwd=ROOT)
+    deadline = time.monotonic() + 90
+    while "fleet up:" not in out.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the demo did not start: {out.read_text()}"
+                        f"{(tmp_path / 'demo.err').read_text()[-3000:]}")
+        time.sleep(0.1)
+    return process, out
+
+
+@pytest.mark.timeout(180)
+def test_demo_ctrl_c_stops_every_child(tmp_path):
+    process, out = start_demo(tmp_path)
+    try:
+        children = children_of(process.pid)
+        assert len(children) == len(AGENTS) + 1  # the collector and every agent
+        assert all("probenet" in cmdline(pid) for pid in children)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not [pid for pid in children if "probenet" in cmdline(pid)]
+    assert "summary after" in out.read_text()
+
+
+@pytest.mark.timeout(180)
+def test_demo_reports_a_dead_child_and_stops_the_rest(tmp_path):
+    process, out = start_demo(tmp_path)
+    try:
+        children = children_of(process.pid)
+        collector = [pid for pid in children if " collector " in cmdline(pid)]
+        assert len(collector) == 1
+        os.kill(collector[0], signal.SIGKILL)
+        assert process.wait(timeout=60) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = out.read_text()
+    assert "probenet demo: collector: exited with status -9" in text
+    assert "last lines of collector's log" in text
+    assert "gRPC listening" in text  # the log tail itself
+    assert not [pid for pid in children if "probenet" in cmdline(pid)]
+
+
+def test_demo_refuses_a_busy_port():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([*DEMO, "--no-ui", "--port", str(port)], capture_output=True,
+                                text=True, timeout=60, env=demo_env(), cwd=ROOT, check=False)
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use; pick another with --port" in result.stdout
+
+
+def test_demo_refuses_bad_options():
+    result = subprocess.run([*DEMO, "--interval", "10ms"], capture_output=True, text=True,
+                            timeout=60, env=demo_env(), cwd=ROOT, check=False)
+    assert result.returncode == 2
+    assert "--interval must be between 0.2s and 60s (got 0.01s)" in result.stderr
+    result = subprocess.run([*DEMO, "--duration", "soon"], capture_output=True, text=True,
+                            timeout=60, env=demo_env(), cwd=ROOT, check=False)
+    assert result.returncode == 2
+    assert "invalid duration 'soon'" in result.stderr
+
+
+@pytest.mark.timeout(180)
+def test_demo_killed_hard_leaves_no_child_behind(tmp_path):
+    process, _ = start_demo(tmp_path)
+    children = children_of(process.pid)
+    assert len(children) == len(AGENTS) + 1
+    process.kill()
+    process.wait(timeout=30)
+    # The kernel sends each child SIGTERM when the demo dies (PR_SET_PDEATHSIG).
+    deadline = time.monotonic() + 60
+    while [pid for pid in children if "probenet" in cmdline(pid)]:
+        assert time.monotonic() < deadline, "children outlived the demo"
+        time.sleep(0.2)

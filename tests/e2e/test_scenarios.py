@@ -236,11 +236,16 @@ def test_k_of_n_regions_around_the_global_threshold(quiet, latency):
     assert [o.id for o in fleet.outages() if o.probe == "kofn-dns"] == [outage.id]
 
 
-def test_impaired_agent_is_left_out_and_its_region_falls_back(quiet):
+def test_impaired_agent_is_left_out_and_its_region_falls_back(quiet, latency):
     fleet = quiet
     before = record_ids(fleet)
+    injected = time.time()
     fleet.faults.fail(EVERY_PROBE, FaultMode.ERROR, agents=["e1b"])
-    wait_until(lambda: fleet.agents()["e1b"].impaired, IMPAIRED_BOUND_S, "e1b impaired")
+    wait_until(lambda: fleet.agents()["e1b"].impaired, IMPAIRED_BOUND_S, "e1b impaired",
+               poll_s=0.02)
+    seconds = time.time() - injected
+    latency.add(Latency("agent impaired (2-agent region)", "impaired", seconds, seconds,
+                        INTERVAL_S))
     assert fleet.metric("probenet_agent_impaired", agent="e1b", region="eu-central") == 1
     # Its region falls back to e1a: every probe stays up in eu-central, nothing opens.
     hold_until = time.time() + 3 * INTERVAL_S
@@ -258,11 +263,16 @@ def test_impaired_agent_is_left_out_and_its_region_falls_back(quiet):
     assert record_ids(fleet) == before
 
 
-def test_lone_impaired_agent_leaves_its_region_unknown(quiet):
+def test_lone_impaired_agent_leaves_its_region_unknown(quiet, latency):
     fleet = quiet
     before = record_ids(fleet)
+    injected = time.time()
     fleet.faults.fail(EVERY_PROBE, FaultMode.ERROR, agents=["f1"])
-    wait_until(lambda: fleet.agents()["f1"].impaired, IMPAIRED_BOUND_S, "f1 impaired")
+    wait_until(lambda: fleet.agents()["f1"].impaired, IMPAIRED_BOUND_S, "f1 impaired",
+               poll_s=0.02)
+    seconds = time.time() - injected
+    latency.add(Latency("lone agent impaired (1-agent region)", "impaired", seconds, seconds,
+                        INTERVAL_S))
 
     def af_south_unknown():
         view = fleet.targets_view()
@@ -336,11 +346,13 @@ def test_collector_killed_during_an_open_outage_keeps_its_id(quiet, latency):
     assert len(fleet.outages(active=True)) == 0
 
 
-def test_recovery_needs_two_good_results(quiet):
+def test_recovery_needs_two_good_results(quiet, latency):
     fleet = quiet
     injected = time.time()
     fleet.faults.fail("hyst-web", FaultMode.ERROR, regions=["ap-south"])
-    outage, _ = wait_outage(fleet, "hyst-web", injected)
+    outage, seconds = wait_outage(fleet, "hyst-web", injected)
+    latency.add(Latency("regional outage (http 503), then recovery", "regional", seconds,
+                        outage.detection_seconds, INTERVAL_S))
     assert outage.regions == ["ap-south"]
     assert fleet.targets is not None
 

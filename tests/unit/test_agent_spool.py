@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from probenet.v1 import probenet_pb2 as pb
 
 from agent.spool import Spool
+from probenet.v1 import probenet_pb2 as pb
 
 
 def result(seq: int) -> pb.ProbeResult:
