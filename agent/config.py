@@ -27,6 +27,7 @@ starts, not here, so configs written for another host still pass `probenet check
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -475,6 +476,16 @@ _OPTION_MODELS: dict[str, type[FrozenModel]] = {
 }
 
 
+_DEFAULT_OPTIONS: dict[str, FrozenModel] = {}
+
+
+def _default_options(kind: str) -> FrozenModel:
+    options = _DEFAULT_OPTIONS.get(kind)
+    if options is None:
+        options = _DEFAULT_OPTIONS[kind] = _OPTION_MODELS[kind]()
+    return options
+
+
 # --------------------------------------------------------------------------- probes
 
 
@@ -536,7 +547,8 @@ class ProbeSpec(FrozenModel):
     @model_validator(mode="after")
     def _own_options(self) -> ProbeSpec:
         if getattr(self, self.kind) is None:
-            object.__setattr__(self, self.kind, _OPTION_MODELS[self.kind]())
+            # Frozen, so every probe without options can share one default instance.
+            object.__setattr__(self, self.kind, _default_options(self.kind))
         return self
 
     @property
@@ -616,7 +628,6 @@ class AgentConfig(FrozenModel):
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> AgentConfig:
-        resolved = []
         for probe in self.probes:
             explicit = frozenset(
                 key for key in ("interval", "timeout", "confirm_delay")
@@ -629,11 +640,12 @@ class AgentConfig(FrozenModel):
                 confirm_delay = self.defaults.confirm_delay
             else:
                 confirm_delay = min(1.0, interval / 10)
-            copy = probe.model_copy(update={
-                "interval": interval, "timeout": timeout, "confirm_delay": confirm_delay})
-            copy._explicit = explicit  # noqa: SLF001 - our own model
-            resolved.append(copy)
-        object.__setattr__(self, "probes", resolved)
+            # Set in place: the probes are not shared yet, and copying ten thousand of them
+            # would only fragment the agent's memory.
+            object.__setattr__(probe, "interval", interval)
+            object.__setattr__(probe, "timeout", timeout)
+            object.__setattr__(probe, "confirm_delay", confirm_delay)
+            probe._explicit = explicit  # noqa: SLF001 - our own model
         return self
 
     def shortest_interval(self) -> float:
@@ -679,6 +691,21 @@ def _timeout_below_interval(config: AgentConfig) -> list[tuple[Path_, str]]:
     return found
 
 
+def _kinds_available(config: AgentConfig) -> list[tuple[Path_, str]]:
+    from agent.probes import PROBE_MODULES  # noqa: PLC0415 - the registry imports config
+
+    found: list[tuple[Path_, str]] = []
+    missing: dict[str, bool] = {}
+    for index, probe in enumerate(config.probes):
+        if probe.kind not in missing:
+            missing[probe.kind] = importlib.util.find_spec(PROBE_MODULES[probe.kind]) is None
+        if missing[probe.kind]:
+            found.append((("probes", index, "kind"),
+                          (f"probe kind {probe.kind!r} is not available in this build "
+                          f"({PROBE_MODULES[probe.kind]} is missing)")))
+    return found
+
+
 def _backoff_order(config: AgentConfig) -> list[tuple[Path_, str]]:
     if config.stream.backoff_initial > config.stream.backoff_max:
         return [(("stream", "backoff_initial"),
@@ -686,7 +713,8 @@ def _backoff_order(config: AgentConfig) -> list[tuple[Path_, str]]:
     return []
 
 
-CHECKS: tuple[CrossCheck, ...] = (_unique_names, _timeout_below_interval, _backoff_order)
+CHECKS: tuple[CrossCheck, ...] = (_unique_names, _timeout_below_interval, _backoff_order,
+                                  _kinds_available)
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -200,10 +200,11 @@ class MetricsServer:
         self.port = int(sock.getsockname()[1])
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               shutdown_timeout=1.0)
         await runner.setup()
         try:
-            await web.SockSite(runner, sock, shutdown_timeout=1.0).start()
+            await web.SockSite(runner, sock).start()
         except OSError:
             await runner.cleanup()
             raise

@@ -183,6 +183,10 @@ class CollectorStream:
                 slow = exc.code() in _REJECTIONS
             except (OSError, TimeoutError, grpc.RpcError) as exc:
                 reason, slow = f"{type(exc).__name__}: {exc}", False
+            except Exception as exc:  # a bug of ours: log it, keep the agent streaming
+                log.exception("collector stream failed", extra={
+                    "collector": self.target.address})
+                reason, slow = f"{type(exc).__name__}: {exc}", True
             self.last_error = reason
             if established:
                 attempt = 0

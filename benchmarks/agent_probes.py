@@ -48,6 +48,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SUT_CPU, LOAD_CPU = 0, 1
 BLACKBOX = shutil.which("prometheus-blackbox-exporter") or "/usr/bin/prometheus-blackbox-exporter"
+HAS_BLACKBOX = Path(BLACKBOX).exists()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -57,6 +58,16 @@ def cpu_seconds(pid: int) -> float:
 
 def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def tail(log: Path) -> str:
+    """The end of a log file (for error messages)."""
+    return log.read_text(errors="replace")[-2000:]
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a small config file (synchronous on purpose: done before measuring)."""
+    path.write_text(text)
 
 
 def free_port() -> int:
@@ -71,9 +82,10 @@ def probenet(*args: str) -> list[str]:
 
 def spawn(cmd: list[str], cpu: int, log: Path, env: dict[str, str] | None = None,
           ) -> subprocess.Popen[bytes]:
+    """Start `cmd` pinned to `cpu` (taskset), output appended to `log`."""
     with log.open("ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=out, cwd=ROOT, env=env,
-                                preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+        return subprocess.Popen(["taskset", "-c", str(cpu), *cmd], stdout=out, stderr=out,
+                                cwd=ROOT, env=env)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -116,7 +128,7 @@ asyncio.run(main())
 
 # -- the agent under test ----------------------------------------------------------------------
 
-def agent_yaml(kind: str, target: str, probes: int, interval: str, collector: str,
+def agent_yaml(kind: str, target: str, probes: int, *, interval: str, collector: str,
                metrics_port: int) -> str:
     lines = [f"  - {{name: {kind}-{i}, kind: {kind}, target: '{target}'}}"
              for i in range(probes)]
@@ -150,7 +162,7 @@ async def wait_metrics(port: int, proc: subprocess.Popen[bytes], log: Path) -> N
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"agent exited:\n{log.read_text()[-2000:]}")
+            raise RuntimeError(f"agent exited:\n{tail(log)}")
         with contextlib.suppress(OSError):
             await scrape(port)
             return
@@ -158,12 +170,13 @@ async def wait_metrics(port: int, proc: subprocess.Popen[bytes], log: Path) -> N
     raise RuntimeError("agent metrics did not come up")
 
 
-async def measure_agent(kind: str, target: str, args: argparse.Namespace, collector: str,
+async def measure_agent(kind: str, target: str, args: argparse.Namespace, *, collector: str,
                         folder: Path, uvloop: bool) -> dict[str, float]:
     port = free_port()
     config = folder / f"agent-{kind}.yaml"
     rate = args.http_rate if kind == "http" else args.tcp_rate
-    config.write_text(agent_yaml(kind, target, rate, "1s", collector, port))
+    write_text(config, agent_yaml(kind, target, rate, interval="1s", collector=collector,
+                                 metrics_port=port))
     log = folder / f"agent-{kind}.log"
     env = dict(os.environ)
     if not uvloop:
@@ -233,7 +246,7 @@ asyncio.run(main())
 async def measure_blackbox(kind: str, target: str, args: argparse.Namespace,
                            folder: Path) -> dict[str, float]:
     modules = folder / "blackbox.yml"
-    modules.write_text(BLACKBOX_MODULES)
+    write_text(modules, BLACKBOX_MODULES)
     port = free_port()
     log = folder / "blackbox.log"
     env = {**os.environ, "GOMAXPROCS": "1"}
@@ -249,7 +262,7 @@ async def measure_blackbox(kind: str, target: str, args: argparse.Namespace,
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"blackbox_exporter did not start:\n{log.read_text()}")
+                raise RuntimeError(f"blackbox_exporter did not start:\n{tail(log)}")
             await asyncio.sleep(0.1)
         driver = [sys.executable, "-c", DRIVER_CODE % LOAD_CPU]
 
@@ -274,14 +287,15 @@ async def measure_blackbox(kind: str, target: str, args: argparse.Namespace,
             "failures": counts["failed"] + counts["errors"]}
 
 
-# -- idle memory -------------------------------------------------------------------------------------
+# -- idle memory ----------------------------------------------------------------------
 
 async def measure_idle_rss(collector: str, folder: Path, count: int) -> dict[str, float]:
     port = free_port()
     config = folder / "agent-idle.yaml"
     lines = [f"  - {{name: idle-{i}, kind: {'http' if i % 2 else 'tcp'}, target: "
-             f"'{'http://127.0.0.1:9/x' if i % 2 else '127.0.0.1:9'}'}}" for i in range(count)]
-    config.write_text("\n".join([
+             f"'{'http://127.0.0.1:9/x' if i % 2 else '127.0.0.1:9'}'}}"
+             for i in range(count)]
+    write_text(config, "\n".join([
         "agent: {id: bench-idle, region: bench}",
         f"collectors: [{{address: '{collector}'}}]",
         "defaults: {interval: 5m, timeout: 2s}",
@@ -301,7 +315,7 @@ async def measure_idle_rss(collector: str, folder: Path, count: int) -> dict[str
     return {"probes": count, "rss_mb": rss / 2**20, "idle_cpu_share": idle_cpu}
 
 
-# -- main -------------------------------------------------------------------------------------------
+# -- main -----------------------------------------------------------------------------
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {"seconds": args.seconds, "concurrency": args.concurrency}
@@ -314,16 +328,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="probenet-bench-") as tmp:
         folder = Path(tmp)
         http_port, tcp_port = free_port(), free_port()
-        targets = subprocess.Popen(
+        targets = subprocess.Popen(  # noqa: ASYNC220 - started once, before any measurement
             [sys.executable, "-c", TARGET_CODE % (LOAD_CPU, http_port, tcp_port, 600)],
             stdout=subprocess.PIPE)
         grpc_port, api_port = free_port(), free_port()
         collector_config = folder / "collector.yaml"
-        collector_config.write_text(
+        write_text(collector_config,
             f"listen: {{grpc: '127.0.0.1:{grpc_port}', http: '127.0.0.1:{api_port}'}}\n"
             f"journal: {{path: '{folder / 'journal.db'}'}}\ncollector_id: bench\n")
         collector = spawn(probenet("collector", "--config", str(collector_config),
-                                   "--log-level", "warning"), LOAD_CPU, folder / "collector.log")
+                                   "--log-level", "warning"), LOAD_CPU,
+                          folder / "collector.log")
         try:
             assert targets.stdout is not None
             targets.stdout.readline()
@@ -334,10 +349,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             for kind, target in (("http", http_target), ("tcp", tcp_target)):
                 for use_uvloop in loops:
                     name = f"agent_{kind}" + ("_uvloop" if use_uvloop else "")
-                    figures[name] = await measure_agent(kind, target, args,
-                                                        f"127.0.0.1:{grpc_port}", folder,
-                                                        use_uvloop)
-                if Path(BLACKBOX).exists():
+                    figures[name] = await measure_agent(
+                        kind, target, args, collector=f"127.0.0.1:{grpc_port}", folder=folder,
+                        uvloop=use_uvloop)
+                if HAS_BLACKBOX:
                     figures[f"blackbox_{kind}"] = await measure_blackbox(kind, target, args,
                                                                          folder)
             figures["idle"] = await measure_idle_rss(f"127.0.0.1:{grpc_port}", folder,

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from probenet.v1 import probenet_pb2 as pb
 
 from agent.config import split_host_port
 from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
@@ -34,6 +33,7 @@ from agent.probes.resolve import (
     resolve_addresses,
     system_resolver,
 )
+from probenet.v1 import probenet_pb2 as pb
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -37,8 +37,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from probenet.v1 import probenet_pb2 as pb
-
 from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
 from agent.probes.resolve import (
     IpFamily,
@@ -48,6 +46,7 @@ from agent.probes.resolve import (
     resolve_addresses,
     system_resolver,
 )
+from probenet.v1 import probenet_pb2 as pb
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

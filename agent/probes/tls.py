@@ -17,13 +17,12 @@ import ssl
 import time
 from typing import TYPE_CHECKING
 
-from probenet.v1 import probenet_pb2 as pb
-
 from agent.config import split_host_port
 from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
 from agent.probes.connect import close_stream, connect_socket, open_stream
 from agent.probes.resolve import Resolver, family_for, resolve_addresses, system_resolver
 from agent.probes.tlsfacts import facts_from_ssl_object
+from probenet.v1 import probenet_pb2 as pb
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

@@ -15,6 +15,7 @@ from agent.config import parse_config as parse_agent_config
 from agent.main import Agent
 from collector.config import parse_config as parse_collector_config
 from collector.server import CollectorService
+from probenet.v1 import probenet_pb2 as pb
 
 
 def agent_config(collector: str, target: str, *, probes: int = 3, extra: str = "",
@@ -183,3 +184,22 @@ async def test_graceful_shutdown_flushes_what_is_buffered(tmp_path):
             assert await agent.streams[0].flush(5)
             produced = agent.fanout.last_seq
         assert applied(service) == produced
+
+
+async def test_stream_lifecycle_enter_once_leave_twice(tmp_path):
+    from agent.errors import LifecycleError  # noqa: PLC0415
+    from agent.spool import Spool  # noqa: PLC0415
+    from agent.stream import CollectorStream  # noqa: PLC0415
+
+    config = agent_config("127.0.0.1:9", "127.0.0.1:9", probes=1)
+    stream = CollectorStream(config.collectors[0], Spool(10), settings=config.stream,
+                             hello=lambda: pb.Hello(agent_id="fra-1", region="eu", epoch=1))
+    async with stream:
+        try:
+            await stream.__aenter__()
+        except LifecycleError:
+            pass
+        else:
+            raise AssertionError("entered twice")
+    await stream.__aexit__(None, None, None)
+    assert stream.state == "closed"

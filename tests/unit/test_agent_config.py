@@ -206,3 +206,66 @@ def test_split_host_port_rejects(text):
 
 def test_bare_ipv6_dns_server_gets_the_default_port():
     assert split_host_port("::1", default_port=53) == ("::1", 53)
+
+
+def test_a_missing_probe_module_is_a_config_error_naming_the_probe(monkeypatch):
+    from agent import probes  # noqa: PLC0415
+
+    monkeypatch.setitem(probes.PROBE_MODULES, "grpc", "agent.probes.not_installed")
+    with pytest.raises(ConfigError) as caught:
+        parse_config("""
+agent: {id: a, region: r}
+collectors: [{address: "127.0.0.1:1"}]
+probes:
+  - {name: health, kind: grpc, target: "127.0.0.1:50051"}
+""")
+    assert [str(i) for i in caught.value.issues] == [
+        ("<string>:5:26: probe kind 'grpc' is not available in this build "
+        "(agent.probes.not_installed is missing)")]
+
+
+def test_every_kind_builds_through_the_registry():
+    from agent.probes import build_probe  # noqa: PLC0415
+
+    config = parse_config("""
+agent: {id: a, region: r}
+collectors: [{address: "127.0.0.1:1"}]
+probes:
+  - {name: h, kind: http, target: "http://127.0.0.1:8080/"}
+  - {name: t, kind: tcp, target: "127.0.0.1:22"}
+  - {name: d, kind: dns, target: example.com, dns: {server: "127.0.0.1:53"}}
+  - {name: i, kind: icmp, target: 127.0.0.1}
+  - {name: s, kind: tls, target: "127.0.0.1:443"}
+  - {name: g, kind: grpc, target: "127.0.0.1:50051"}
+""")
+    for spec in config.probes:
+        probe = build_probe(spec, source_address=None)
+        assert callable(probe.run)
+
+
+def test_unusable_probe_files_fail_the_build_naming_the_probe(tmp_path):
+    from agent.errors import ProbeBuildError  # noqa: PLC0415
+    from agent.probes import build_probe  # noqa: PLC0415
+
+    config = parse_config(f"""
+agent: {{id: a, region: r}}
+collectors: [{{address: "127.0.0.1:1"}}]
+probes:
+  - {{name: api, kind: http, target: "https://127.0.0.1:8443/",
+     http: {{auth: {{bearer_token_file: "{tmp_path / 'nope'}"}}}}}}
+""")
+    with pytest.raises(ProbeBuildError) as caught:
+        build_probe(config.probes[0], source_address=None)
+    assert caught.value.probe == "api"
+    assert str(caught.value) == (f"probe 'api': cannot read bearer_token_file "
+                                 f"{tmp_path / 'nope'}: No such file or directory")
+
+
+def test_collector_tls_cannot_skip_verification():
+    with pytest.raises(ConfigError) as caught:
+        parse_config("""
+agent: {id: a, region: r}
+collectors: [{address: "127.0.0.1:1", tls: {insecure_skip_verify: true}}]
+""")
+    assert str(caught.value.issues[0]).startswith(
+        "<string>:3:67: collectors[0].tls.insecure_skip_verify: gRPC always verifies")

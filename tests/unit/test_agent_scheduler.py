@@ -206,3 +206,18 @@ async def test_real_tcp_probes_through_the_scheduler():
     assert "127.0.0.2" in tcp.peers
     assert {r.confirmed for r in downs} == {False, True}
     assert all(r.reason == "connect_refused" for r in downs)
+
+
+async def test_entering_twice_is_an_error_and_leaving_is_idempotent():
+    from agent.errors import LifecycleError  # noqa: PLC0415
+
+    scheduler = Scheduler(specs(1), sink=lambda _r: None, build=lambda _s: ScriptedProbe())
+    async with scheduler:
+        try:
+            await scheduler.__aenter__()
+        except LifecycleError:
+            pass
+        else:
+            raise AssertionError("entered twice")
+    await scheduler.__aexit__(None, None, None)
+    assert all(e.handle is None for e in scheduler.probes.values())
