@@ -80,6 +80,9 @@ class CollectorStream:
         self._connected = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
+        # Set before the runner is cancelled: grpc.aio may turn a cancellation that lands
+        # inside a call into an RPC error, which the reconnect loop would otherwise retry.
+        self._closing = False
         self._entered = False
         self._waiting_since: float | None = None  # results in flight with no ack since
 
@@ -124,6 +127,7 @@ class CollectorStream:
         tasks, self._tasks = self._tasks, None
         if tasks is None:
             return
+        self._closing = True
         if self._runner is not None:
             self._runner.cancel()
         await tasks.__aexit__(None, None, None)
@@ -188,6 +192,8 @@ class CollectorStream:
                     "collector": self.target.address})
                 reason, slow = f"{type(exc).__name__}: {exc}", True
             self.last_error = reason
+            if self._closing:
+                return
             if established:
                 attempt = 0
             delay = (backoff_delay(30, self.settings.backoff_initial, self.settings.backoff_max,

@@ -9,8 +9,10 @@ position of the key or value it is about. Durations are written `500ms`, `30s`, 
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,11 +144,44 @@ def _scalar(node: yaml.Node) -> Any:
         loader.dispose()
 
 
-def _error_message(err: Any) -> str:
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (through Optional, list, tuple, dict)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _known_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """The keys the model accepts at `path` (empty when the path cannot be followed)."""
+    current: type[BaseModel] | None = model
+    for part in path:
+        if current is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    if current is None:
+        return []
+    return [f.alias or name for name, f in current.model_fields.items()]
+
+
+def _error_message(err: Any, model: type[BaseModel] | None = None) -> str:
     kind = err["type"]
     loc = err["loc"]
     if kind == "extra_forbidden":
-        return f"unknown key {loc[-1]!r}"
+        key = str(loc[-1])
+        known = _known_keys(model, tuple(loc[:-1])) if model is not None else []
+        close = difflib.get_close_matches(key, known, n=1)
+        if close:
+            return f"unknown key {key!r} (did you mean {close[0]!r}?)"
+        return f"unknown key {key!r}"
     if kind == "missing":
         return f"missing required key {loc[-1]!r}"
     msg = str(err["msg"])
@@ -204,7 +239,7 @@ def validate_tree(model: type[ModelT], data: Any, marks: _Marks, file: str,
         for err in exc.errors():
             loc = tuple(err["loc"])
             line, col = marks.find(loc, at_key=err["type"] == "extra_forbidden")
-            issues.append(ConfigIssue(file, line, col, _error_message(err)))
+            issues.append(ConfigIssue(file, line, col, _error_message(err, model)))
         issues.sort(key=lambda i: (i.line, i.col))
         raise ConfigError(issues) from exc
     found = [ConfigIssue(file, *marks.find(path), message)

@@ -23,7 +23,7 @@ DATA = ROOT / "tests" / "data" / "agent"
 
 BROKEN = [
     ("bad_yaml.yaml", "2:11: YAML syntax: expected ',' or '}', but got ':'"),
-    ("unknown_key.yaml", "8:5: unknown key 'intervall'"),
+    ("unknown_key.yaml", "8:5: unknown key 'intervall' (did you mean 'interval'?)"),
     ("wrong_type.yaml", ("9:25: probes[0].http.follow_redirects: Input should be a valid "
                         "boolean, unable to interpret input")),
     ("bad_duration.yaml", ("5:13: defaults.interval: a duration is written with a unit, like "
@@ -83,7 +83,7 @@ def test_probenet_check_cli_prints_positions_and_exits_1():
     done = run_check(*paths)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
-        f"{paths[0]}:8:5: unknown key 'intervall'",
+        f"{paths[0]}:8:5: unknown key 'intervall' (did you mean 'interval'?)",
         f"{paths[1]}:11:11: duplicate probe name 'web' (first at probes[0])",
         f"{paths[2]}:2:11: YAML syntax: expected ',' or '}}', but got ':'",
     ]

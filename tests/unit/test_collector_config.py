@@ -23,7 +23,7 @@ DATA = Path("tests/data/collector")  # relative: messages name files as the user
 
 BROKEN = {
     "bad_yaml.yaml": ["3:8: YAML syntax: expected ',' or '}', but got ':'"],
-    "unknown_key.yaml": ["3:3: unknown key 'htp'"],
+    "unknown_key.yaml": ["3:3: unknown key 'htp' (did you mean 'http'?)"],
     "wrong_type.yaml": [("2:16: classification.min_regions: Input should be a valid integer, "
                          "unable to parse string as an integer")],
     "bad_duration.yaml": [("1:7: tick: invalid duration '5 seconds': write it like 500ms, "

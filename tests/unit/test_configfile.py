@@ -78,7 +78,7 @@ def test_errors_point_at_the_value():
 
 def test_unknown_key_points_at_the_key():
     assert _issues("title: t\nitems:\n  - name: a\n    evry: 5s\n") == [
-        "f.yaml:4:5: unknown key 'evry'"]
+        "f.yaml:4:5: unknown key 'evry' (did you mean 'every'?)"]
 
 
 def test_every_error_is_reported_in_file_order():
@@ -116,3 +116,7 @@ def test_unreadable_file(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_model(Doc, binary)
+
+
+def test_unknown_key_far_from_any_known_key_gets_no_guess():
+    assert _issues("title: t\nzzz: 1\n") == ["f.yaml:2:1: unknown key 'zzz'"]
