@@ -713,8 +713,26 @@ def _backoff_order(config: AgentConfig) -> list[tuple[Path_, str]]:
     return []
 
 
+def _probe_kind_limits(config: AgentConfig) -> list[tuple[Path_, str]]:
+    """What a kind's options cannot do within its probe's timeout, or at all."""
+    found: list[tuple[Path_, str]] = []
+    for index, probe in enumerate(config.probes):
+        icmp = probe.icmp
+        if icmp is not None and (icmp.count - 1) * icmp.spacing >= probe.timeout:
+            found.append((("probes", index, "icmp", "spacing"), (
+                f"probe {probe.name!r}: {icmp.count} echo requests {format_duration(icmp.spacing)}"
+                f" apart do not fit in the timeout ({format_duration(probe.timeout)}): lower "
+                "count or spacing, or raise the timeout")))
+        tls = probe.grpc.tls if probe.grpc is not None else None
+        if tls is not None and tls.insecure_skip_verify:
+            found.append((("probes", index, "grpc", "tls", "insecure_skip_verify"),
+                          ("gRPC always verifies the server certificate: set ca_file to the "
+                           "CA that signed it instead")))
+    return found
+
+
 CHECKS: tuple[CrossCheck, ...] = (_unique_names, _timeout_below_interval, _backoff_order,
-                                  _kinds_available)
+                                  _kinds_available, _probe_kind_limits)
 
 
 def load_config(path: str | Path) -> AgentConfig:
