@@ -115,6 +115,7 @@ class Agent:
             "agent": agent.id, "region": agent.region, "probes": len(self.config.probes),
             "collectors": ",".join(c.address for c in self.config.collectors),
             "source_address": agent.source_address or "", "epoch": self.epoch})
+        _check_icmp_permission(self.config)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -239,6 +240,21 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
+
+
+def _check_icmp_permission(config: AgentConfig) -> None:
+    """Say once, at start, when icmp probes cannot work here (not once per run)."""
+    families = {(p.icmp.ip_family if p.icmp else None) or "ip4"
+                for p in config.probes if p.kind == "icmp"}
+    if not families:
+        return
+    from agent.probes.icmp import icmp_socket_mode  # noqa: PLC0415 - only with icmp probes
+
+    for family in sorted(families):
+        try:
+            icmp_socket_mode(family)
+        except (PermissionError, OSError) as exc:
+            log.error("icmp probes will fail: %s", exc, extra={"ip_family": family})  # noqa: TRY400
 
 
 def run(path: str | Path) -> int:
