@@ -120,10 +120,10 @@ def collector_server(conn: Any, cpu: int, folder: str, details: bool = True) -> 
             apply_seconds = [0.0]
             perf = time.perf_counter
 
-            def timed_apply(agent_id: str, results: Any, now: float) -> int:
+            def timed_apply(agent_id: str, results: Any, now: float, **kwargs: Any) -> int:
                 started = perf()
                 try:
-                    return real_apply(agent_id, results, now)
+                    return real_apply(agent_id, results, now, **kwargs)
                 finally:
                     apply_seconds[0] += perf() - started
 

@@ -59,7 +59,7 @@ from collector.model import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 
 class ResultLike(Protocol):
@@ -497,12 +497,22 @@ class Classifier:
         if agent is not None:
             agent.connected = False
 
-    def apply(self, agent_id: str, results: Iterable[ResultLike], now: float) -> int:
+    @property
+    def details_of(self) -> Callable[[ResultLike], Any] | None:
+        """The `details_of` hook given at construction (None: no details are kept)."""
+        return self._details_of
+
+    def apply(self, agent_id: str, results: Iterable[ResultLike], now: float,
+              details: Sequence[Any] | None = None) -> int:
         """Apply a batch of one connected agent's results (already deduplicated).
 
         Returns the number applied. The hot path: most results change nothing but the
         pair's latest sample and must cost a few microseconds. Raises ValueError for an
         agent that never said hello (the ingest calls `agent_connected` first).
+
+        `details`, when given, holds what to keep for each result, in order, instead of what
+        `details_of` would return for it (the ingest computes it more cheaply); it is ignored
+        when the classifier was built without `details_of`.
         """
         agent = self._agents.get(agent_id)
         if agent is None:
@@ -513,9 +523,10 @@ class Classifier:
                 self._revive(agent, now)
         pairs = agent.pairs
         details_of = self._details_of
+        kept = details if details_of is not None else None
+        up = _UP
         applied = 0
         for result in results:
-            applied += 1
             pair = pairs.get(result.probe)
             if pair is None:
                 pair = self._new_pair(agent, result, now)
@@ -524,11 +535,14 @@ class Classifier:
             pair.status_code = result.status_code
             pair.interval_ms = result.interval_ms
             pair.stamp_ms = result.timestamp_ms
-            if details_of is not None:
+            if kept is not None:
+                pair.details = kept[applied]
+            elif details_of is not None:
                 pair.details = details_of(result)
+            applied += 1
             if result.success:
                 pair.success = True
-                if pair.verdict == _UP and pair.fresh and not pair.region_state.down_memory:
+                if pair.verdict == up and pair.fresh and not pair.region_state.down_memory:
                     continue  # nothing but the sample changed
                 self._on_success(pair, result, now)
             else:

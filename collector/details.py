@@ -3,11 +3,12 @@
 Two halves. At ingest, `details_of(result)` keeps the result's wire bytes when it has
 anything kind-specific (keeping the protobuf message itself would pin its whole batch in
 memory, and decoding every field of every result costs ten times more than re-serializing
-it); the classifier stores them as `PairSample.details`. At scrape time,
-`kind_metric_families(samples)` decodes the latest bytes of each pair once (`facts_of`, into
-a small slotted value that replaces the bytes until the next result) and turns them into
-metric families. Scrapes are rare and results many: the decoding cost moves to where it is
-paid once per scrape, not once per result.
+it); the classifier stores them as `PairSample.details`. The gRPC ingest goes one better:
+it keeps the bytes each result arrived as (read from a second, cheap parse of the batch),
+with the same test. At scrape time, `kind_metric_families(samples)` decodes the latest
+bytes of each pair once (`facts_of`, into a small slotted value that replaces the bytes
+until the next result) and turns them into metric families. Scrapes are rare and results
+many: the decoding cost moves to where it is paid once per scrape, not once per result.
 
 Every family is labelled (probe, target, kind, region, agent), plus its own label where it
 has one:
@@ -179,12 +180,15 @@ def details_of(result: Any) -> bytes | None:
 
     Called by the classifier for every result, so it only copies: None when the result has
     neither details nor phases, else its wire bytes, decoded at scrape time by `facts_of`.
-    Objects that are not ProbeResult messages give None.
+    Objects that are not ProbeResult messages give None. The ingest keeps the bytes each
+    result arrived as instead when the classifier uses this hook (same test, same facts, no
+    re-serializing: `collector.ingest`).
     """
     try:
-        if result.WhichOneof("details") is None and not result.phases:
+        # Almost every result has phases: test them first, the oneof only when there are none.
+        if not result.phases and result.WhichOneof("details") is None:
             return None
-        return bytes(result.SerializeToString())
+        return result.SerializeToString()  # type: ignore[no-any-return]
     except AttributeError:
         return None
 

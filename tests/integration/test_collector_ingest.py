@@ -391,3 +391,49 @@ async def test_outages_query_errors_name_the_parameter(collector):
     assert status == 200
     assert "/api/v1/targets" in body
     assert (await http_json(collector.http.url + "/healthz")) == {"status": "ok"}
+
+
+async def test_each_result_of_a_mixed_batch_keeps_its_own_details(collector):
+    # The ingest keeps each result's wire bytes by position in the batch: a batch mixing
+    # results with and without details must give every pair its own facts.
+    async with TestAgent(collector.grpc_address, "fra-1", "eu") as agent:
+        await agent.send([
+            agent.result("edge", kind="tcp"),
+            agent.result("dns", kind="dns", dns=pb.DnsDetails(answer_rrs=3, authority_rrs=1),
+                         phases=[pb.PhaseDuration(name="request", seconds=0.125)]),
+            agent.result("plain", kind="tcp"),
+            agent.result("ping", kind="icmp", icmp=pb.IcmpDetails(
+                sent=4, received=3, rtt_avg_seconds=0.002)),
+            agent.result("web", status_code=200, http=pb.HttpDetails(tls=pb.TlsFacts(
+                earliest_cert_expiry=1_950_000_000, version="TLS 1.2"))),
+        ])
+    text = (await http_get(collector.http.url + "/metrics"))[2]
+    base = {"agent": "fra-1", "region": "eu"}
+    assert metric_value(text, "probe_dns_answer_rrs", probe="dns", kind="dns", **base) == 3
+    assert metric_value(text, "probe_dns_authority_rrs", probe="dns", kind="dns", **base) == 1
+    assert metric_value(text, "probe_dns_duration_seconds", probe="dns", kind="dns",
+                        phase="request", **base) == 0.125
+    assert metric_value(text, "probenet_icmp_packet_loss_ratio", probe="ping", kind="icmp",
+                        **base) == 0.25
+    assert metric_value(text, "probe_ssl_earliest_cert_expiry", probe="web", kind="http",
+                        **base) == 1_950_000_000
+    assert metric_value(text, "probe_tls_version_info", probe="web", kind="http",
+                        version="TLS 1.2", **base) == 1
+    for probe in ("edge", "plain"):  # nothing kind-specific: no per-kind series
+        assert f'probe="{probe}"' not in "\n".join(
+            line for line in text.splitlines() if line.startswith(("probe_dns", "probenet_icmp")))
+
+
+async def test_a_batch_with_a_malformed_result_inside_is_rejected(collector):
+    # A well-formed batch envelope around a result that is not protobuf (wire type 7).
+    garbage = b"\x07\x01"
+    results = b"\x0a" + bytes([len(garbage)]) + garbage
+    data = b"\x12" + bytes([len(results)]) + results
+    async with RawStream(collector.grpc_address) as raw:
+        await raw.send(hello_bytes("fra-1", "eu"))
+        assert (await raw.read()).WhichOneof("body") == "welcome"
+        await raw.send(data)
+        code, _ = await raw.outcome()
+    assert code is S.INVALID_ARGUMENT
+    assert rejections(collector, "malformed") == 1
+    assert not list(collector.classifier.samples())
