@@ -26,7 +26,6 @@ from probenet.demo.scenario import demo_plan, demo_schedule
 from probenet.demo.schedule import ScheduledFaults, SchedulePosition
 from probenet.demo.table import DemoStatus, format_seconds, render_dashboard
 from probenet.demo.targets import FaultyTargets
-from probenet.logs import LogfmtFormatter
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -61,12 +60,16 @@ class DemoOptions:
 
 
 class _ConsoleLogHandler(logging.Handler):
-    """Log lines printed through the live console, above the table instead of through it."""
+    """Log lines printed through the live console, above the table instead of through it.
+
+    A person watches the table: each line is the time and the message only (the structured
+    fields are what `--no-ui` prints, for machines).
+    """
 
     def __init__(self, console: Console) -> None:
         super().__init__()
         self._console = console
-        self.setFormatter(LogfmtFormatter())
+        self.setFormatter(logging.Formatter("%(asctime)s  %(message)s", datefmt="%H:%M:%S"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
