@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import grpc
 from certs import TestCA
 from collector_client import collector_yaml, http_json
 from conftest import free_port
@@ -203,3 +204,36 @@ async def test_stream_lifecycle_enter_once_leave_twice(tmp_path):
             raise AssertionError("entered twice")
     await stream.__aexit__(None, None, None)
     assert stream.state == "closed"
+
+
+async def test_leaving_while_a_call_hangs_ends_the_reconnect_loop(tmp_path):
+    # A collector that accepts the stream and never answers: the stream sits inside a gRPC
+    # call when the agent stops. Leaving must end the loop at once, with no reconnect.
+    from agent.spool import Spool  # noqa: PLC0415
+    from agent.stream import CollectorStream  # noqa: PLC0415
+
+    hold = asyncio.Event()
+
+    async def silent(request_iterator, context):
+        del request_iterator, context
+        await hold.wait()
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "probenet.v1.Ingest", {"Stream": grpc.stream_stream_rpc_method_handler(silent)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        config = agent_config(f"127.0.0.1:{port}", "127.0.0.1:9", probes=1)
+        stream = CollectorStream(config.collectors[0], Spool(10), settings=config.stream,
+                                 hello=lambda: pb.Hello(agent_id="fra-1", region="eu", epoch=1))
+        async with stream:
+            await wait_until(lambda: stream.state == "connecting", 5)
+            await asyncio.sleep(0.3)  # inside the call, waiting for a Welcome
+        async with asyncio.timeout(10):
+            await stream.__aexit__(None, None, None)
+        assert stream.state == "closed"
+        assert stream.reconnects == 0
+    finally:
+        hold.set()
+        await server.stop(0)
