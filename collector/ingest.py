@@ -64,6 +64,16 @@ _INF = math.inf
 _S = grpc.StatusCode
 _PARSE_ERRORS = (DecodeError, RuntimeError, ValueError)
 
+# Every reason a stream, batch or result is rejected for (see the module docstring); each
+# series exists from the start at 0, so alert rules and increase() see the first one.
+REJECTION_REASONS = (
+    "no_hello", "hello_timeout", "bad_hello", "unknown_agent", "missing_token", "bad_token",
+    "wrong_region", "identity_mismatch", "stale_epoch", "malformed", "message_too_large",
+    "empty_message", "unexpected_hello", "batch_too_large", "draining",
+    "bad_seq", "seq_order", "bad_probe", "bad_kind", "bad_duration", "bad_phase",
+    "field_too_long",
+)
+
 
 def _wire_batch_message() -> Any:
     """The message type batches are parsed as: AgentMessage, with each result kept as bytes.
@@ -193,6 +203,8 @@ class IngestServicer:
         self._classifier = classifier
         self._committer = committer
         self._metrics = metrics
+        for reason in REJECTION_REASONS:
+            metrics.rejections.labels(reason)
         self._failures = failures
         self._limits = limits
         self._max_batch = limits.max_batch_results

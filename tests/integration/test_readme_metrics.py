@@ -1,0 +1,138 @@
+"""Every metric the README documents is exported, with its documented labels.
+
+A mixed fleet (two agents in two regions, one probe of every kind against real local
+targets, one probe failing everywhere so an outage is open) streams to a real collector;
+its /metrics is checked against the README's metric tables.
+"""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+from certs import TestCA
+from collector_client import collector_yaml, http_get
+from conftest import ROOT, need_root
+from grpc_health.v1 import health, health_pb2_grpc
+from targets import DnsAnswer, DnsResponder, HttpRoute, HttpTarget, TcpTarget, wait_until
+
+from agent.config import parse_config as parse_agent_config
+from agent.main import Agent
+from collector.config import parse_config as parse_collector_config
+from collector.server import CollectorService
+
+PAIR_LABELS = {"probe", "target", "kind", "region", "agent"}
+# Exported only with an `mqtt:` section (their own suite runs a broker).
+NEEDS_BROKER = re.compile(r"^probenet_mqtt_")
+
+
+def readme_metrics() -> dict[str, set[str]]:
+    """metric name -> documented label names, from the README's two metric tables."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Metrics"):text.index("## HTTP API")]
+    documented: dict[str, set[str]] = {}
+    per_kind = False
+    for line in section.splitlines():
+        if line.startswith("| metric | extra label |"):
+            per_kind = True
+        if not line.startswith("| `"):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        names = re.findall(r"`([a-z_]+)`", cells[0])
+        if per_kind:
+            extra = cells[1].split(":")[0].strip()
+            labels = PAIR_LABELS | ({extra} if extra else set())
+        else:
+            labels = {label.strip() for label in re.sub(r"\(.*?\)", "", cells[1]).split(",")
+                      if label.strip()}
+        for name in names:
+            documented[name] = labels
+    return documented
+
+
+def exported(exposition: str) -> dict[str, list[set[str]]]:
+    """Sample name -> label-name sets of its samples, from a Prometheus text exposition."""
+    samples: dict[str, list[set[str]]] = {}
+    for line in exposition.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s", line)
+        assert match, line
+        labels = set(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="', match.group(3) or ""))
+        samples.setdefault(match.group(1), []).append(labels)
+    return samples
+
+
+def _series(samples: dict[str, list[set[str]]], name: str) -> list[set[str]]:
+    for candidate in (name, f"{name}_total", f"{name}_info", f"{name}_bucket"):
+        if candidate in samples:
+            return [labels - {"le"} for labels in samples[candidate]]
+    return []
+
+
+def test_the_readme_lists_the_contract_metrics():
+    documented = readme_metrics()
+    for name in ("probe_success", "probenet_region_up", "probenet_target_state",
+                 "probe_http_duration_seconds", "probe_grpc_healthcheck_response"):
+        assert name in documented
+    assert documented["probe_http_duration_seconds"] == PAIR_LABELS | {"phase"}
+    assert documented["probenet_region_up"] == {"probe", "region"}
+
+
+async def test_every_documented_metric_is_exported_with_its_labels(tmp_path):
+    need_root("icmp probes in the mixed fleet (raw sockets)")
+    ca = TestCA(tmp_path)
+    cert = ca.issue("localhost", "127.0.0.1")
+    grpc_server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), grpc_server)
+    grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
+    await grpc_server.start()
+    config = parse_collector_config(collector_yaml(str(tmp_path / "journal.db")))
+    try:
+        async with CollectorService(config) as collector, \
+                HttpTarget({"/down": HttpRoute(status=503)},
+                           ssl_context=cert.server_context()) as web, \
+                TcpTarget("accept") as edge, \
+                DnsResponder({("app.test", "A"): DnsAnswer(["192.0.2.1"])}) as dns:
+            probes = f"""
+  - {{name: web, service: shop, kind: http, target: "{web.url('/')}",
+     http: {{tls: {{ca_file: "{ca.ca_file}"}}}}}}
+  - {{name: checkout, service: shop, kind: http, target: "{web.url('/down')}",
+     http: {{tls: {{ca_file: "{ca.ca_file}"}}}}}}
+  - {{name: edge, kind: tcp, target: "{edge.address}"}}
+  - {{name: app-dns, kind: dns, target: app.test, dns: {{server: "{dns.address}"}}}}
+  - {{name: ping, kind: icmp, target: 127.0.0.1, icmp: {{count: 2, spacing: 50ms}}}}
+  - {{name: cert, kind: tls, target: "127.0.0.1:{web.port}",
+     tls: {{ca_file: "{ca.ca_file}", server_name: localhost}}}}
+  - {{name: health, kind: grpc, target: "127.0.0.1:{grpc_port}"}}
+"""
+            agents = []
+            for agent_id, region, source in (("fra-1", "eu", "127.0.0.2"),
+                                             ("iad-1", "us", "127.0.0.3")):
+                agents.append(Agent(parse_agent_config(f"""
+agent: {{id: {agent_id}, region: {region}, source_address: {source}}}
+collectors: [{{address: "{collector.grpc_address}"}}]
+defaults: {{interval: 300ms, timeout: 250ms, confirm_delay: 50ms}}
+stream: {{linger: 20ms}}
+probes:{probes}""")))
+            async with agents[0], agents[1]:
+                await wait_until(lambda: any(
+                    o.probe == "checkout" for o in collector.classifier.open_outages()), 20)
+                await wait_until(lambda: sum(
+                    1 for _ in collector.classifier.samples()) == 14, 20)
+                _, _, text = await http_get(collector.http.url + "/metrics")
+    finally:
+        await grpc_server.stop(0)
+
+    samples = exported(text)
+    missing, unlabelled = [], []
+    for name, labels in sorted(readme_metrics().items()):
+        if NEEDS_BROKER.match(name):
+            continue
+        series = _series(samples, name)
+        if not series:
+            missing.append(name)
+        elif not any(labels <= found for found in series):
+            unlabelled.append((name, sorted(labels), sorted(series[0])))
+    assert not missing, f"documented in the README but not exported: {missing}"
+    assert not unlabelled, f"exported without the documented labels: {unlabelled}"
