@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import secrets
 import signal
 import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import yaml
@@ -29,7 +31,6 @@ from probenet.demo.errors import ApiError, DemoError, FleetError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from pathlib import Path
 
     from probenet.demo.targets import FaultyTargets
 
@@ -60,8 +61,31 @@ def probenet_command() -> list[str]:
     return [sys.executable, "-c", CHILD_MAIN]
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def pick_free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (for children that must be told their port)."""
+    """A TCP port that was free a moment ago (for children that must be told their port).
+
+    Chosen below the kernel's ephemeral range when there is room: a port from that range can
+    be taken by any outgoing connection between this check and the child's bind.
+    """
+    low, _ = _ephemeral_range()
+    if low > 11_000:
+        rng = random.SystemRandom()
+        for _ in range(200):
+            port = rng.randrange(10_000, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
