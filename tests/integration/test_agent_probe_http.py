@@ -7,39 +7,19 @@ from typing import TYPE_CHECKING
 
 import pytest
 from certs import TestCA
+from probe_runs import probe_once, probe_spec
 from targets import HttpRoute, HttpTarget, TcpTarget, UnacceptingListener, closed_port
 
-from agent.config import ProbeSpec, parse_config
 from agent.probes import build_probe
 from agent.probes.attempt import run_attempt
 
 if TYPE_CHECKING:
-    from agent.probes.base import ProbeOutcome
+    from agent.config import ProbeSpec
 
 
 def spec_for(target: str, options: str = "", *, timeout: str = "2s",
              extra: str = "") -> ProbeSpec:
-    text = f"""
-agent: {{id: t-1, region: test}}
-collectors: [{{address: "127.0.0.1:1"}}]
-probes:
-  - name: web
-    kind: http
-    target: "{target}"
-    interval: 10s
-    timeout: {timeout}
-{extra}
-"""
-    if options:
-        text += f"    http: {options}\n"
-    return parse_config(text).probes[0]
-
-
-async def probe_once(spec: ProbeSpec, source_address: str | None = None) -> ProbeOutcome:
-    probe = build_probe(spec, source_address=source_address)
-    outcomes = await run_attempt(probe, spec.timeout, probe_name=spec.name)
-    assert len(outcomes) == 1
-    return outcomes[0]
+    return probe_spec("http", "web", target, options, timeout=timeout, extra=extra)
 
 
 async def test_success_reports_status_phases_and_details():

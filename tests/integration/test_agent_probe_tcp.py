@@ -4,38 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from probe_runs import probe_once, probe_spec
 from targets import TcpTarget, UnacceptingListener, closed_port, wait_until
 
-from agent.config import ProbeSpec, parse_config
 from agent.probes import build_probe
 from agent.probes.attempt import run_attempt
 
 if TYPE_CHECKING:
-    from agent.probes.base import ProbeOutcome
+    from agent.config import ProbeSpec
 
 
 def spec_for(target: str, options: str = "", *, timeout: str = "2s",
              extra: str = "") -> ProbeSpec:
-    text = f"""
-agent: {{id: t-1, region: test}}
-collectors: [{{address: "127.0.0.1:1"}}]
-probes:
-  - name: edge
-    kind: tcp
-    target: "{target}"
-    interval: 10s
-    timeout: {timeout}
-{extra}
-"""
-    if options:
-        text += f"    tcp: {options}\n"
-    return parse_config(text).probes[0]
-
-
-async def probe_once(spec: ProbeSpec, source_address: str | None = None) -> ProbeOutcome:
-    probe = build_probe(spec, source_address=source_address)
-    [outcome] = await run_attempt(probe, spec.timeout, probe_name=spec.name)
-    return outcome
+    return probe_spec("tcp", "edge", target, options, timeout=timeout, extra=extra)
 
 
 async def test_connect_success():
