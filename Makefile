@@ -16,7 +16,7 @@ proto: venv
 
 lint: venv
 	.venv/bin/ruff check .
-	.venv/bin/mypy
+	.venv/bin/python scripts/typecheck.py
 
 bench: venv
 	.venv/bin/python benchmarks/ingest.py

@@ -692,7 +692,7 @@ def _timeout_below_interval(config: AgentConfig) -> list[tuple[Path_, str]]:
 
 
 def _kinds_available(config: AgentConfig) -> list[tuple[Path_, str]]:
-    from agent.probes import PROBE_MODULES  # noqa: PLC0415 - the registry imports config
+    from .probes import PROBE_MODULES  # noqa: PLC0415 - the registry imports config
 
     found: list[tuple[Path_, str]] = []
     missing: dict[str, bool] = {}

@@ -25,15 +25,16 @@ from typing import TYPE_CHECKING, Self
 
 from prometheus_client import CollectorRegistry
 
-from agent.config import AgentConfig, ConfigError, load_config
-from agent.errors import AgentError, LifecycleError, ProbeBuildError
-from agent.metrics import AgentStateCollector, MetricsServer, ProbeCounters
-from agent.results import ResultFanout
-from agent.scheduler import Scheduler
-from agent.spool import Spool
-from agent.stream import CollectorStream
 from probenet.v1 import probenet_pb2 as pb
 from probenet.version import __version__
+
+from .config import AgentConfig, ConfigError, load_config
+from .errors import AgentError, LifecycleError, ProbeBuildError
+from .metrics import AgentStateCollector, MetricsServer, ProbeCounters
+from .results import ResultFanout
+from .scheduler import Scheduler
+from .spool import Spool
+from .stream import CollectorStream
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -248,7 +249,7 @@ def _check_icmp_permission(config: AgentConfig) -> None:
                 for p in config.probes if p.kind == "icmp"}
     if not families:
         return
-    from agent.probes.icmp import icmp_socket_mode  # noqa: PLC0415 - only with icmp probes
+    from .probes.icmp import icmp_socket_mode  # noqa: PLC0415 - only with icmp probes
 
     for family in sorted(families):
         try:

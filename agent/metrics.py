@@ -32,8 +32,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, StateSetMetricFamily
 from prometheus_client.registry import Collector
 
-from agent.config import split_listen
-from agent.errors import LifecycleError
+from .config import split_listen
+from .errors import LifecycleError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence

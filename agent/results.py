@@ -14,9 +14,9 @@ from probenet.v1 import probenet_pb2 as pb
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from agent.config import ProbeSpec
-    from agent.probes.base import ProbeOutcome
-    from agent.spool import Spool
+    from .config import ProbeSpec
+    from .probes.base import ProbeOutcome
+    from .spool import Spool
 
 PHASES: dict[str, pb.Phase.ValueType] = {
     "": pb.PHASE_UNSPECIFIED, "dns": pb.PHASE_DNS, "connect": pb.PHASE_CONNECT,

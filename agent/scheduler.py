@@ -30,18 +30,19 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Self
 
-from agent.errors import LifecycleError
-from agent.probes import build_probe
-from agent.probes.attempt import run_attempt
-from agent.results import to_wire
+from .errors import LifecycleError
+from .probes import build_probe
+from .probes.attempt import run_attempt
+from .results import to_wire
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from agent.config import ProbeSpec
-    from agent.metrics import ProbeCounters
-    from agent.probes.base import Probe, ProbeOutcome
     from probenet.v1 import probenet_pb2 as pb
+
+    from .config import ProbeSpec
+    from .metrics import ProbeCounters
+    from .probes.base import Probe, ProbeOutcome
 
 log = logging.getLogger(__name__)
 

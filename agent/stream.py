@@ -26,15 +26,16 @@ from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 
-from agent.errors import LifecycleError, StreamError, StreamRejectedError
 from probenet.v1 import probenet_pb2 as pb
 from probenet.v1 import probenet_pb2_grpc as pb_grpc
+
+from .errors import LifecycleError, StreamError, StreamRejectedError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from agent.config import CollectorTarget, StreamSettings
-    from agent.spool import Spool
+    from .config import CollectorTarget, StreamSettings
+    from .spool import Spool
 
 log = logging.getLogger(__name__)
 

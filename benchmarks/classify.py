@@ -17,17 +17,12 @@ import gc
 import json
 import random
 import statistics
-import sys
 import time
 import tracemalloc
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
-
-from collector.classify import Classifier  # noqa: E402
-from collector.model import ClassificationParams  # noqa: E402
-from probenet.v1 import probenet_pb2 as pb  # noqa: E402
+from probenet.collector.classify import Classifier
+from probenet.collector.model import ClassificationParams
+from probenet.v1 import probenet_pb2 as pb
 
 BATCH = 100
 REGIONS = 10

@@ -22,18 +22,14 @@ import asyncio
 import json
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
+import grpc
 
-import grpc  # noqa: E402
-
-from probenet.v1 import probenet_pb2 as pb  # noqa: E402
+from probenet.v1 import probenet_pb2 as pb
 
 METHOD = "/probenet.v1.Ingest/Stream"
 REGIONS = ("eu", "us", "ap", "sa")
@@ -100,9 +96,9 @@ def collector_server(conn: Any, cpu: int, folder: str, details: bool = True) -> 
     pin(cpu)
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
-    from collector import server as service_module  # noqa: PLC0415
-    from collector.config import parse_config  # noqa: PLC0415
-    from collector.server import CollectorService  # noqa: PLC0415
+    from probenet.collector import server as service_module  # noqa: PLC0415
+    from probenet.collector.config import parse_config  # noqa: PLC0415
+    from probenet.collector.server import CollectorService  # noqa: PLC0415
 
     if not details:
         # Measurement only: the same service without per-kind details extraction.

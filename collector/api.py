@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING, Any, Self
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from collector.config import split_host_port
-from collector.errors import AlreadyRunningError, JournalError, ServiceError
-from collector.model import AgentView, OutageRecord
+from .config import split_host_port
+from .errors import AlreadyRunningError, JournalError, ServiceError
+from .model import AgentView, OutageRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from prometheus_client import CollectorRegistry
 
-    from collector.classify import Classifier
-    from collector.journal import Journal
+    from .classify import Classifier
+    from .journal import Journal
 
 log = logging.getLogger(__name__)
 

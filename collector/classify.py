@@ -42,7 +42,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from collector.model import (
+from .model import (
     PHASE_NAMES,
     AgentView,
     ClassificationParams,

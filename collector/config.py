@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
-from collector.model import ClassificationParams
 from probenet.configfile import (
     Duration,
     FrozenModel,
@@ -37,6 +36,8 @@ from probenet.configfile import (
     load_text,
     resolve_path,
 )
+
+from .model import ClassificationParams
 
 MIB = 1024 * 1024
 _NAME_MAX = 128

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
     from prometheus_client.core import Metric
 
-    from collector.classify import PairSample
+    from .classify import PairSample
 
 PAIR_LABELS = ("probe", "target", "kind", "region", "agent")
 

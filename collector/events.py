@@ -66,9 +66,9 @@ from urllib.parse import urlsplit
 import aiomqtt
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from collector.config import MqttConfig, read_secret
-from collector.errors import AlreadyRunningError, ServiceError
-from collector.model import (
+from .config import MqttConfig, read_secret
+from .errors import AlreadyRunningError, ServiceError
+from .model import (
     JournaledTransition,
     OutageEvent,
     OutageTransition,

@@ -34,19 +34,20 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
-from collector import details as kind_details
-from collector.config import AgentEntry, CollectorConfig, LimitsConfig, read_secret
-from collector.errors import StreamRejectedError
-from collector.model import PHASE_NAMES
 from probenet.v1 import probenet_pb2 as pb
 from probenet.version import __version__
+
+from . import details as kind_details
+from .config import AgentEntry, CollectorConfig, LimitsConfig, read_secret
+from .errors import StreamRejectedError
+from .model import PHASE_NAMES
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from collector.classify import Classifier
-    from collector.journal import TransitionCommitter
-    from collector.metrics import FailureCounts, IngestMetrics
+    from .classify import Classifier
+    from .journal import TransitionCommitter
+    from .metrics import FailureCounts, IngestMetrics
 
 log = logging.getLogger(__name__)
 

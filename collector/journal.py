@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Protocol, Self
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from collector.errors import JournalError
-from collector.model import (
+from .errors import JournalError
+from .model import (
     JournaledTransition,
     OutageEvent,
     OutageKind,
@@ -44,7 +44,7 @@ from collector.model import (
 )
 
 if TYPE_CHECKING:
-    from collector.classify import Classifier
+    from .classify import Classifier
 
 log = logging.getLogger(__name__)
 

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
-from collector.config import CollectorConfig, MqttConfig, load_config
-from collector.errors import CollectorError
-from collector.server import CollectorService
 from probenet.configfile import ConfigError
+
+from .config import CollectorConfig, MqttConfig, load_config
+from .errors import CollectorError
+from .server import CollectorService
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from pathlib import Path
 
-    from collector.model import TargetView, TransitionSink
+    from .events import MqttPublisher
+    from .model import TargetView, TransitionSink
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,11 @@ def run(path: str | Path) -> int:
 
 
 def _mqtt_publisher(config: MqttConfig, registry: CollectorRegistry, collector_id: str,
-                    initial_states: Callable[[], Iterable[TargetView]]) -> Any:
+                    initial_states: Callable[[], Iterable[TargetView]]) -> MqttPublisher:
     # Imported here: the MQTT dependencies load only when a broker is configured.
-    events = importlib.import_module("collector.events")
-    return events.MqttPublisher(config, registry=registry, collector_id=collector_id,
+    from .events import MqttPublisher  # noqa: PLC0415
+
+    return MqttPublisher(config, registry=registry, collector_id=collector_id,
                                 initial_states=initial_states)
 
 

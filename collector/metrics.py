@@ -19,13 +19,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from collector.model import OutageKind, RegionVerdict, Scope, TargetState
 from probenet.version import __version__
+
+from .model import OutageKind, RegionVerdict, Scope, TargetState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
-    from collector.classify import Classifier, PairSample
+    from .classify import Classifier, PairSample
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,9 @@ MAX_FAILURE_SERIES = 50_000
 @cache
 def _details_module() -> Any | None:
     try:
-        return importlib.import_module("collector.details")
+        return importlib.import_module("probenet.collector.details")
     except ModuleNotFoundError as exc:
-        if exc.name != "collector.details":
+        if exc.name != "probenet.collector.details":
             raise
         return None
 

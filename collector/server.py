@@ -24,13 +24,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from collector.api import HttpApi
-from collector.classify import Classifier
-from collector.config import CollectorConfig, config_summary, split_host_port
-from collector.errors import AlreadyRunningError, ServiceError
-from collector.ingest import SERVICE_NAME, IngestServicer
-from collector.journal import CommitMetrics, Journal, TransitionCommitter
-from collector.metrics import (
+from .api import HttpApi
+from .classify import Classifier
+from .config import CollectorConfig, config_summary, split_host_port
+from .errors import AlreadyRunningError, ServiceError
+from .ingest import SERVICE_NAME, IngestServicer
+from .journal import CommitMetrics, Journal, TransitionCommitter
+from .metrics import (
     ClassifierMetrics,
     FailureCounts,
     IngestMetrics,
@@ -40,7 +40,7 @@ from collector.metrics import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from collector.model import TransitionSink
+    from .model import TransitionSink
 
 log = logging.getLogger(__name__)
 

@@ -62,8 +62,8 @@ def config_kind(data: Any) -> str:
 
 def check(paths: list[Path]) -> int:
     """Validate each file; print every error as `file:line:col: message`."""
-    from agent.config import load_config as load_agent  # noqa: PLC0415 - lazy on purpose
-    from collector.config import load_config as load_collector  # noqa: PLC0415
+    from probenet.agent.config import load_config as load_agent  # noqa: PLC0415 - lazy on purpose
+    from probenet.collector.config import load_config as load_collector  # noqa: PLC0415
 
     failed = False
     for path in paths:
@@ -91,11 +91,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(check(args.configs))
     setup_logging(args.log_level, args.log_format)
     if args.command == "collector":
-        from collector.main import run as run_collector  # noqa: PLC0415
+        from probenet.collector.main import run as run_collector  # noqa: PLC0415
 
         sys.exit(run_collector(args.config))
     if args.command == "agent":
-        from agent.main import run as run_agent  # noqa: PLC0415
+        from probenet.agent.main import run as run_agent  # noqa: PLC0415
 
         sys.exit(run_agent(args.config))
     if args.command == "demo":

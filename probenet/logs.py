@@ -3,7 +3,7 @@
 Fields are passed as `extra=` and printed as key=value pairs after the message:
 
     log.warning("stream rejected", extra={"agent": "fra-1", "reason": "bad_token"})
-    ts=2026-11-24T15:39:00.123Z level=warning logger=collector.ingest msg="stream rejected"
+    ts=2026-11-24T15:39:00.123Z level=warning logger=probenet.collector.ingest msg="stream rejected"
       agent=fra-1 reason=bad_token   (one line)
 """
 

@@ -7,6 +7,6 @@ scripts/setup.sh
 echo "== ruff" >&2
 .venv/bin/ruff check .
 echo "== mypy" >&2
-.venv/bin/mypy
+.venv/bin/python scripts/typecheck.py
 echo "== pytest" >&2
 exec .venv/bin/python -m pytest "$@"

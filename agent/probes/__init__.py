@@ -10,14 +10,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from agent.errors import ProbeBuildError
+from ..errors import ProbeBuildError
 
 if TYPE_CHECKING:
-    from agent.config import ProbeSpec
-    from agent.probes.base import Probe
+    from ..config import ProbeSpec
+    from .base import Probe
 
 PROBE_MODULES: dict[str, str] = {
-    kind: f"agent.probes.{kind}" for kind in ("http", "tcp", "dns", "icmp", "tls", "grpc")
+    kind: f"{__name__}.{kind}" for kind in ("http", "tcp", "dns", "icmp", "tls", "grpc")
 }
 
 

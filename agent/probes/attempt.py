@@ -12,12 +12,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from agent.probes.base import FAILURE_PHASES, PhaseTracker, ProbeFailure, ProbeOutcome
+from .base import FAILURE_PHASES, PhaseTracker, ProbeFailure, ProbeOutcome
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from agent.probes.base import Probe
+    from .base import Probe
 
 log = logging.getLogger(__name__)
 

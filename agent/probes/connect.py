@@ -12,8 +12,8 @@ import errno
 import socket
 import ssl
 
-from agent.probes.base import ProbeFailure
-from agent.probes.resolve import IpFamily, format_host_port, ip_literal
+from .base import ProbeFailure
+from .resolve import IpFamily, format_host_port, ip_literal
 
 _CLOSE_GRACE_S = 0.5
 

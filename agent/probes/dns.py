@@ -32,16 +32,17 @@ import dns.rdatatype
 import dns.resolver
 import dns.reversename
 
-from agent.config import split_host_port
-from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
-from agent.probes.connect import connect_failure
-from agent.probes.resolve import Resolver, family_for, resolve_addresses, system_resolver
 from probenet.v1 import probenet_pb2 as pb
+
+from ..config import split_host_port
+from .base import PhaseTracker, ProbeFailure, ProbeOutcome
+from .connect import connect_failure
+from .resolve import Resolver, family_for, resolve_addresses, system_resolver
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from agent.config import DnsOptions, ProbeSpec
+    from ..config import DnsOptions, ProbeSpec
 
 _RCODE_REASONS = {"NXDOMAIN": "dns_nxdomain", "SERVFAIL": "dns_servfail",
                   "REFUSED": "dns_refused"}

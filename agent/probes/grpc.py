@@ -25,20 +25,21 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agent.config import split_host_port
-from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
-from agent.probes.resolve import (
+from probenet.v1 import probenet_pb2 as pb
+
+from ..config import split_host_port
+from .base import PhaseTracker, ProbeFailure, ProbeOutcome
+from .resolve import (
     Resolver,
     format_host_port,
     resolve_addresses,
     system_resolver,
 )
-from probenet.v1 import probenet_pb2 as pb
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from agent.config import ProbeSpec, TlsClientOptions
+    from ..config import ProbeSpec, TlsClientOptions
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
-from agent.probes.attempt import probe_each_address
-from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
-from agent.probes.connect import connect_socket, literal_addresses
-from agent.probes.httpclient import HttpResponse, build_request, exchange
-from agent.probes.resolve import (
+from probenet.v1 import probenet_pb2 as pb
+
+from .attempt import probe_each_address
+from .base import PhaseTracker, ProbeFailure, ProbeOutcome
+from .connect import connect_socket, literal_addresses
+from .httpclient import HttpResponse, build_request, exchange
+from .resolve import (
     IpFamily,
     Resolver,
     family_for,
@@ -37,13 +39,12 @@ from agent.probes.resolve import (
     resolve_addresses,
     system_resolver,
 )
-from agent.probes.tls import client_context, handshake_failure
-from probenet.v1 import probenet_pb2 as pb
+from .tls import client_context, handshake_failure
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from agent.config import HttpOptions, ProbeSpec
+    from ..config import HttpOptions, ProbeSpec
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 def _tls_facts(ssl_object: Any) -> pb.TlsFacts | None:
     try:
-        from agent.probes.tlsfacts import facts_from_ssl_object  # noqa: PLC0415 - optional
+        from .tlsfacts import facts_from_ssl_object  # noqa: PLC0415 - optional
     except ImportError:
         return None
     try:

@@ -19,13 +19,13 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.probes.base import ProbeFailure
+from .base import ProbeFailure
 
 if TYPE_CHECKING:
     import socket
     import ssl
 
-    from agent.probes.base import PhaseTracker
+    from .base import PhaseTracker
 
 MAX_HEADER_BYTES = 64 * 1024
 # Body bytes kept for matching; the rest is read (and timed) but not kept.

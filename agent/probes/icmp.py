@@ -37,8 +37,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
-from agent.probes.resolve import (
+from probenet.v1 import probenet_pb2 as pb
+
+from .base import PhaseTracker, ProbeFailure, ProbeOutcome
+from .resolve import (
     IpFamily,
     Resolver,
     address_family,
@@ -46,12 +48,11 @@ from agent.probes.resolve import (
     resolve_addresses,
     system_resolver,
 )
-from probenet.v1 import probenet_pb2 as pb
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from agent.config import ProbeSpec
+    from ..config import ProbeSpec
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from agent.probes.base import ProbeFailure
+from .base import ProbeFailure
 
 IpFamily = Literal["ip4", "ip6"]
 

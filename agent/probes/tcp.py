@@ -16,23 +16,23 @@ import re
 import ssl
 from typing import TYPE_CHECKING
 
-from agent.config import split_host_port
-from agent.probes.attempt import probe_each_address
-from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
-from agent.probes.connect import (
+from ..config import split_host_port
+from .attempt import probe_each_address
+from .base import PhaseTracker, ProbeFailure, ProbeOutcome
+from .connect import (
     close_stream,
     connect_socket,
     literal_addresses,
     open_stream,
 )
-from agent.probes.resolve import IpFamily, Resolver, family_for, resolve_addresses, system_resolver
-from agent.probes.tls import client_context, handshake_failure
+from .resolve import IpFamily, Resolver, family_for, resolve_addresses, system_resolver
+from .tls import client_context, handshake_failure
 
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Sequence
 
-    from agent.config import ProbeSpec
+    from ..config import ProbeSpec
 
 _MAX_LINE_BYTES = 64 * 1024
 _EXCERPT = 120

@@ -17,17 +17,18 @@ import ssl
 import time
 from typing import TYPE_CHECKING
 
-from agent.config import split_host_port
-from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
-from agent.probes.connect import close_stream, connect_socket, open_stream
-from agent.probes.resolve import Resolver, family_for, resolve_addresses, system_resolver
-from agent.probes.tlsfacts import facts_from_ssl_object
 from probenet.v1 import probenet_pb2 as pb
+
+from ..config import split_host_port
+from .base import PhaseTracker, ProbeFailure, ProbeOutcome
+from .connect import close_stream, connect_socket, open_stream
+from .resolve import Resolver, family_for, resolve_addresses, system_resolver
+from .tlsfacts import facts_from_ssl_object
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from agent.config import ProbeSpec
+    from ..config import ProbeSpec
 
 _DAY_S = 86400.0
 

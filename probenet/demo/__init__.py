@@ -1,9 +1,8 @@
 """`probenet demo`: a self-contained multi-region fleet on loopback with scheduled faults.
 
-Modules: `targets` (HTTP/TCP/DNS servers failing by source address), `schedule` (phases and
-the fault policy), `scenario` (the demo's fleet and story), `fleet` (collector and agents as
-child processes from generated configs), `client` and `snapshot` (the collector's HTTP API),
-`table` (the live view), `report` (events and summary), `app` (the command itself).
+Built on `probenet.lab` (the fleet of child processes, the fault-injecting targets, the API
+client). Modules: `schedule` (phases and the fault policy), `scenario` (the demo's fleet and
+story), `table` (the live view), `report` (events and summary), `app` (the command itself).
 """
 
 from __future__ import annotations
@@ -12,7 +11,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from probenet.configfile import parse_duration
-from probenet.demo.errors import DemoError
+from probenet.lab.errors import LabError
+
+from .errors import DemoError
 
 if TYPE_CHECKING:
     import argparse
@@ -22,7 +23,7 @@ __all__ = ["run"]
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `probenet demo` (see `probenet demo --help` for the options)."""
-    from probenet.demo.app import DemoOptions, run_demo  # noqa: PLC0415 - keeps --help fast
+    from .app import DemoOptions, run_demo  # noqa: PLC0415 - keeps --help fast
 
     try:
         interval_s = parse_duration(args.interval)
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
             http_port=args.port,
             log_level=args.log_level,
         )
-    except (ValueError, DemoError) as exc:
+    except (ValueError, DemoError, LabError) as exc:
         sys.stderr.write(f"probenet demo: {exc}\n")
         return 2
     return run_demo(options)

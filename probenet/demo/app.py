@@ -18,19 +18,21 @@ from typing import TYPE_CHECKING, TextIO
 from rich.console import Console
 from rich.live import Live
 
-from probenet.demo.client import CollectorApi
-from probenet.demo.errors import ApiError, DemoError, FleetError
-from probenet.demo.fleet import Fleet, FleetPlan, pick_free_port, port_is_free
-from probenet.demo.report import DemoEvent, DemoSummary, FleetObserver
-from probenet.demo.scenario import demo_plan, demo_schedule
-from probenet.demo.schedule import ScheduledFaults, SchedulePosition
-from probenet.demo.table import DemoStatus, format_seconds, render_dashboard
-from probenet.demo.targets import FaultyTargets
+from probenet.lab.client import CollectorApi
+from probenet.lab.errors import ApiError, FleetError, LabError
+from probenet.lab.fleet import Fleet, FleetPlan, pick_free_port, port_is_free
+from probenet.lab.targets import FaultyTargets
+
+from .errors import DemoError
+from .report import DemoEvent, DemoSummary, FleetObserver
+from .scenario import demo_plan, demo_schedule
+from .schedule import ScheduledFaults, SchedulePosition
+from .table import DemoStatus, format_seconds, render_dashboard
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from probenet.demo.snapshot import FleetSnapshot
+    from probenet.lab.snapshot import FleetSnapshot
 
 log = logging.getLogger("probenet.demo")
 
@@ -103,7 +105,7 @@ class DemoRun:
         self.api = api
         self.live = live
         self.stop = asyncio.Event()
-        self.failure: DemoError | None = None
+        self.failure: LabError | None = None
         self.observer = FleetObserver()
         self.phases_played: list[str] = []
         self.snapshot: FleetSnapshot | None = None
@@ -266,7 +268,7 @@ async def _run(options: DemoOptions, out: TextIO) -> int:
     except FleetError as exc:
         _print_fleet_failure(exc, out)
         return 1
-    except DemoError as exc:
+    except (DemoError, LabError) as exc:
         _say(f"probenet demo: {exc}", file=out)
         return 1
     finally:

@@ -1,43 +1,12 @@
 """The demo's exception tree.
 
-DemoError                 anything the demo cannot get past; ends it with status 1
-├── FleetError            a child process (collector or agent) failed to start or died
-├── ApiError              the collector's HTTP API could not be reached or answered badly
-└── TargetsError          the fault-injecting targets could not be set up
+DemoError                 a bad option or schedule; ends the demo with status 1
+(the fleet's own failures are probenet.lab.errors.LabError and its subclasses, which end it
+the same way)
 """
 
 from __future__ import annotations
 
 
 class DemoError(Exception):
-    """Base of every error the demo raises on purpose."""
-
-
-class FleetError(DemoError):
-    """A child process failed to start, did not become ready, or exited unexpectedly.
-
-    `name` is the child (`collector` or an agent id); `log_tail` holds the last lines it
-    wrote, so the cause is shown rather than lost in a temp directory.
-    """
-
-    def __init__(self, name: str, message: str, log_tail: str = "") -> None:
-        """Name the child and keep the end of its log."""
-        super().__init__(f"{name}: {message}")
-        self.name = name
-        self.log_tail = log_tail
-
-
-class ApiError(DemoError):
-    """The collector's HTTP API failed or returned something outside its contract.
-
-    `path` is the API path asked for (e.g. `/api/v1/targets`).
-    """
-
-    def __init__(self, path: str, message: str) -> None:
-        """Name the path that failed."""
-        super().__init__(f"{path}: {message}")
-        self.path = path
-
-
-class TargetsError(DemoError):
-    """The fault-injecting targets could not bind or were used wrongly."""
+    """Base of every error the demo itself raises on purpose."""

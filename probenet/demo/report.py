@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from probenet.demo.table import format_seconds
+from .table import format_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from probenet.demo.snapshot import FleetSnapshot, OutageEntry
+    from probenet.lab.snapshot import FleetSnapshot, OutageEntry
 
 
 @dataclass(frozen=True, slots=True)

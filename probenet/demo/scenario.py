@@ -14,9 +14,10 @@ agent's probes: a healthy agent watching a global outage is never taken for a br
 
 from __future__ import annotations
 
-from probenet.demo.fleet import AgentSeat, FleetPlan, ProbePlan
-from probenet.demo.schedule import Fault, Phase, Schedule
-from probenet.demo.targets import FaultMode
+from probenet.lab.fleet import AgentSeat, FleetPlan, ProbePlan
+from probenet.lab.targets import FaultMode
+
+from .schedule import Fault, Phase, Schedule
 
 AGENTS: tuple[AgentSeat, ...] = (
     AgentSeat("fra-1", "eu-central", "127.0.1.1", "as64501"),

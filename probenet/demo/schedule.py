@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from probenet.demo.errors import DemoError
+from .errors import DemoError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    from probenet.demo.fleet import AgentSeat
-    from probenet.demo.targets import FaultMode
+    from probenet.lab.fleet import AgentSeat
+    from probenet.lab.targets import FaultMode
 
 PHASE_INTERVALS = 10
 """Each phase lasts this many probe intervals: about 2 to detect, 2 to recover, and margin."""

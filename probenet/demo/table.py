@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     import datetime as dt
     from collections.abc import Sequence
 
-    from probenet.demo.schedule import SchedulePosition
-    from probenet.demo.snapshot import AgentEntry, FleetSnapshot, OutageEntry, TargetEntry
+    from probenet.lab.snapshot import AgentEntry, FleetSnapshot, OutageEntry, TargetEntry
+
+    from .schedule import SchedulePosition
 
 STATE_STYLES = {
     "up": "green",

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from conftest import ROOT, free_port, need_binary
+
+from support.system import ROOT, free_port, need_binary
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from conftest import ROOT, need_binary
+
+from support.system import ROOT, need_binary
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

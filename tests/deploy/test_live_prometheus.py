@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from certs import TestCA
-from conftest import ROOT, free_port, need_binary
-from test_dashboards import RULES, all_expressions, substitute
+
+from support.certs import TestCA
+from support.deploy_queries import RULES, all_expressions, substitute
+from support.system import ROOT, free_port, need_binary
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 import yaml
-from conftest import ROOT, need_binary
+
+from support.system import ROOT, need_binary
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, need_binary
 
 from probenet.demo.scenario import (
     AGENTS,
@@ -26,6 +25,7 @@ from probenet.demo.scenario import (
     demo_phases,
     demo_schedule,
 )
+from support.system import ROOT, free_port, need_binary
 
 pytestmark = pytest.mark.slow
 

@@ -18,10 +18,9 @@ import pytest
 import yaml
 from rich.console import Console
 
-from agent.config import load_config as load_agent
-from collector.config import load_config as load_collector
-from probenet.demo.errors import ApiError, DemoError, TargetsError
-from probenet.demo.fleet import AgentSeat, FleetPlan, ProbePlan, write_configs
+from probenet.agent.config import load_config as load_agent
+from probenet.collector.config import load_config as load_collector
+from probenet.demo.errors import DemoError
 from probenet.demo.report import DemoSummary, FleetObserver
 from probenet.demo.scenario import (
     AGENTS,
@@ -34,15 +33,17 @@ from probenet.demo.scenario import (
     demo_schedule,
 )
 from probenet.demo.schedule import PHASE_INTERVALS, Fault, Phase, Schedule, ScheduledFaults
-from probenet.demo.snapshot import (
+from probenet.demo.table import DemoStatus, render_dashboard
+from probenet.lab.errors import ApiError, LabError, TargetsError
+from probenet.lab.fleet import AgentSeat, FleetPlan, ProbePlan, write_configs
+from probenet.lab.snapshot import (
     AgentEntry,
     FleetSnapshot,
     OutageEntry,
     TargetEntry,
     parse_entries,
 )
-from probenet.demo.table import DemoStatus, render_dashboard
-from probenet.demo.targets import TCP_BANNER, FaultMode, FaultyTargets
+from probenet.lab.targets import TCP_BANNER, FaultMode, FaultyTargets
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -288,11 +289,11 @@ async def test_generated_configs_pass_the_real_loaders(tmp_path: Path):
 def test_fleet_plan_refuses_bad_plans():
     agents = (AgentSeat("a", "r", "127.0.0.2", "n"),)
     probes = (ProbePlan("p", "http"),)
-    with pytest.raises(DemoError, match="duplicate agent"):
+    with pytest.raises(LabError, match="duplicate agent"):
         FleetPlan(agents=agents * 2, probes=probes, interval_s=1, http_port=1, grpc_port=2)
-    with pytest.raises(DemoError, match="duplicate probe"):
+    with pytest.raises(LabError, match="duplicate probe"):
         FleetPlan(agents=agents, probes=probes * 2, interval_s=1, http_port=1, grpc_port=2)
-    with pytest.raises(DemoError, match="timeout must be shorter"):
+    with pytest.raises(LabError, match="timeout must be shorter"):
         FleetPlan(agents=agents, probes=probes, interval_s=1, http_port=1, grpc_port=2,
                   timeout_s=1)
 

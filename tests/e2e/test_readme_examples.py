@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import re
 
-from conftest import ROOT
-
-from agent.config import load_config as load_agent
-from collector.config import load_config as load_collector
+from probenet.agent.config import load_config as load_agent
+from probenet.collector.config import load_config as load_collector
+from support.system import ROOT
 
 README = ROOT / "README.md"
 

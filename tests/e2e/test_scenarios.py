@@ -12,7 +12,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from e2e_fleet import (
+
+from probenet.lab.fleet import AgentSeat, FleetPlan, ProbePlan, pick_free_port
+from probenet.lab.targets import FaultMode
+from support.e2e_fleet import (
     EVERY_PROBE,
     FaultTable,
     FleetHarness,
@@ -20,9 +23,6 @@ from e2e_fleet import (
     LatencyReport,
     wait_until,
 )
-
-from probenet.demo.fleet import AgentSeat, FleetPlan, ProbePlan, pick_free_port
-from probenet.demo.targets import FaultMode
 
 pytestmark = pytest.mark.slow
 

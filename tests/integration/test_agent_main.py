@@ -9,12 +9,11 @@ import subprocess
 import sys
 import time
 
-from collector_client import collector_yaml, http_get, metric_value
-from conftest import ROOT, free_port
-from targets import HttpTarget, wait_until
-
-from collector.config import parse_config as parse_collector_config
-from collector.server import CollectorService
+from probenet.collector.config import parse_config as parse_collector_config
+from probenet.collector.server import CollectorService
+from support.collector_client import collector_yaml, http_get, metric_value
+from support.system import ROOT, free_port
+from support.targets import HttpTarget, wait_until
 
 
 def agent_yaml(collector: str, web: HttpTarget, *, b_interval: str, metrics_port: int) -> str:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import subprocess
 
-from collector_client import http_get, metric_value
-from conftest import need_binary
 from prometheus_client import CollectorRegistry
 
-from agent.metrics import AgentStateCollector, MetricsServer, ProbeCounters
-from agent.spool import Spool
+from probenet.agent.metrics import AgentStateCollector, MetricsServer, ProbeCounters
+from probenet.agent.spool import Spool
+from support.collector_client import http_get, metric_value
+from support.system import need_binary
 
 
 class FakeStreamView:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from targets import DnsAnswer, DnsResponder
-
-from agent.config import ProbeSpec, parse_config
-from agent.probes import build_probe
-from agent.probes.attempt import run_attempt
+from probenet.agent.config import ProbeSpec, parse_config
+from probenet.agent.probes import build_probe
+from probenet.agent.probes.attempt import run_attempt
+from support.targets import DnsAnswer, DnsResponder
 
 if TYPE_CHECKING:
-    from agent.probes.base import ProbeOutcome
+    from probenet.agent.probes.base import ProbeOutcome
 
 TABLE = {
     ("www.example.test", "A"): DnsAnswer(["192.0.2.10", "192.0.2.11"]),
@@ -169,7 +168,7 @@ async def test_ptr_target_written_as_an_address():
 
 
 async def test_unreachable_server_port_over_tcp_is_refused():
-    from targets import closed_port  # noqa: PLC0415
+    from support.targets import closed_port  # noqa: PLC0415
 
     outcome = await probe_once(spec_for(
         "www.example.test", f'{{server: "127.0.0.1:{closed_port()}", transport: tcp}}'))

@@ -6,15 +6,15 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
-from certs import TestCA
-from probe_runs import probe_once, probe_spec
-from targets import HttpRoute, HttpTarget, TcpTarget, UnacceptingListener, closed_port
 
-from agent.probes import build_probe
-from agent.probes.attempt import run_attempt
+from probenet.agent.probes import build_probe
+from probenet.agent.probes.attempt import run_attempt
+from support.certs import TestCA
+from support.probe_runs import probe_once, probe_spec
+from support.targets import HttpRoute, HttpTarget, TcpTarget, UnacceptingListener, closed_port
 
 if TYPE_CHECKING:
-    from agent.config import ProbeSpec
+    from probenet.agent.config import ProbeSpec
 
 
 def spec_for(target: str, options: str = "", *, timeout: str = "2s",

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from probe_runs import probe_once, probe_spec
-from targets import TcpTarget, UnacceptingListener, closed_port, wait_until
-
-from agent.probes import build_probe
-from agent.probes.attempt import run_attempt
+from probenet.agent.probes import build_probe
+from probenet.agent.probes.attempt import run_attempt
+from support.probe_runs import probe_once, probe_spec
+from support.targets import TcpTarget, UnacceptingListener, closed_port, wait_until
 
 if TYPE_CHECKING:
-    from agent.config import ProbeSpec
+    from probenet.agent.config import ProbeSpec
 
 
 def spec_for(target: str, options: str = "", *, timeout: str = "2s",

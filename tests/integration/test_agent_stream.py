@@ -6,17 +6,17 @@ import asyncio
 import contextlib
 
 import grpc
-from certs import TestCA
-from collector_client import collector_yaml, http_json
-from conftest import free_port
 from prometheus_client import CollectorRegistry
-from targets import TcpTarget, wait_until
 
-from agent.config import parse_config as parse_agent_config
-from agent.main import Agent
-from collector.config import parse_config as parse_collector_config
-from collector.server import CollectorService
+from probenet.agent.config import parse_config as parse_agent_config
+from probenet.agent.main import Agent
+from probenet.collector.config import parse_config as parse_collector_config
+from probenet.collector.server import CollectorService
 from probenet.v1 import probenet_pb2 as pb
+from support.certs import TestCA
+from support.collector_client import collector_yaml, http_json
+from support.system import free_port
+from support.targets import TcpTarget, wait_until
 
 
 def agent_config(collector: str, target: str, *, probes: int = 3, extra: str = "",
@@ -188,9 +188,9 @@ async def test_graceful_shutdown_flushes_what_is_buffered(tmp_path):
 
 
 async def test_stream_lifecycle_enter_once_leave_twice(tmp_path):
-    from agent.errors import LifecycleError  # noqa: PLC0415
-    from agent.spool import Spool  # noqa: PLC0415
-    from agent.stream import CollectorStream  # noqa: PLC0415
+    from probenet.agent.errors import LifecycleError  # noqa: PLC0415
+    from probenet.agent.spool import Spool  # noqa: PLC0415
+    from probenet.agent.stream import CollectorStream  # noqa: PLC0415
 
     config = agent_config("127.0.0.1:9", "127.0.0.1:9", probes=1)
     stream = CollectorStream(config.collectors[0], Spool(10), settings=config.stream,
@@ -209,8 +209,8 @@ async def test_stream_lifecycle_enter_once_leave_twice(tmp_path):
 async def test_leaving_while_a_call_hangs_ends_the_reconnect_loop(tmp_path):
     # A collector that accepts the stream and never answers: the stream sits inside a gRPC
     # call when the agent stops. Leaving must end the loop at once, with no reconnect.
-    from agent.spool import Spool  # noqa: PLC0415
-    from agent.stream import CollectorStream  # noqa: PLC0415
+    from probenet.agent.spool import Spool  # noqa: PLC0415
+    from probenet.agent.stream import CollectorStream  # noqa: PLC0415
 
     hold = asyncio.Event()
 

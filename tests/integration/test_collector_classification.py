@@ -9,7 +9,10 @@ import asyncio
 from contextlib import AsyncExitStack
 
 import pytest
-from collector_client import (
+
+from probenet.collector.config import parse_config
+from probenet.collector.server import CollectorService
+from support.collector_client import (
     ManualClock,
     TestAgent,
     collector_yaml,
@@ -17,9 +20,6 @@ from collector_client import (
     http_json,
     metric_value,
 )
-
-from collector.config import parse_config
-from collector.server import CollectorService
 
 PROBES = ("web", "api", "photos", "chat")
 

@@ -9,7 +9,13 @@ import subprocess
 
 import grpc
 import pytest
-from collector_client import (
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from probenet.collector.config import parse_config
+from probenet.collector.server import CollectorService
+from probenet.v1 import probenet_pb2 as pb
+from support.collector_client import (
     ManualClock,
     RawStream,
     StreamEndedError,
@@ -22,13 +28,7 @@ from collector_client import (
     make_result,
     metric_value,
 )
-from conftest import need_binary
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-from collector.config import parse_config
-from collector.server import CollectorService
-from probenet.v1 import probenet_pb2 as pb
+from support.system import need_binary
 
 S = grpc.StatusCode
 
@@ -284,7 +284,7 @@ async def test_bad_credentials_are_refused_and_counted(  # noqa: PLR0917 - param
 
 
 async def test_mutual_tls_checks_the_certificate_names_the_agent(tmp_path):
-    from certs import TestCA  # noqa: PLC0415
+    from support.certs import TestCA  # noqa: PLC0415
 
     ca = TestCA(tmp_path / "pki")
     server = ca.issue("localhost", "127.0.0.1")

@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from collector_client import (
+
+from probenet.collector.config import parse_config
+from probenet.collector.server import CollectorService
+from support.collector_client import (
     StreamEndedError,
     TestAgent,
     collector_yaml,
@@ -20,10 +23,7 @@ from collector_client import (
     http_json,
     metric_value,
 )
-from conftest import ROOT, free_port
-
-from collector.config import parse_config
-from collector.server import CollectorService
+from support.system import ROOT, free_port
 
 if TYPE_CHECKING:
     from pathlib import Path

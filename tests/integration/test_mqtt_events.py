@@ -12,24 +12,12 @@ from urllib.parse import unquote
 
 import aiomqtt
 import pytest
-from certs import TestCA
-from collector_client import ManualClock, TestAgent, collector_yaml
-from conftest import free_port
-from mosquitto import (
-    BrokerTls,
-    ReceivedMessage,
-    collect_messages,
-    mosquitto_broker_fixture,  # noqa: F401 (defines the `mosquitto_broker` fixture)
-    start_broker,
-    subscribed,
-    write_password_file,
-)
 from prometheus_client import CollectorRegistry
 
-from collector.config import MqttConfig, MqttTlsConfig, parse_config
-from collector.errors import AlreadyRunningError, ServiceError
-from collector.events import MqttPublisher, reconnect_delay, topic_level
-from collector.model import (
+from probenet.collector.config import MqttConfig, MqttTlsConfig, parse_config
+from probenet.collector.errors import AlreadyRunningError, ServiceError
+from probenet.collector.events import MqttPublisher, reconnect_delay, topic_level
+from probenet.collector.model import (
     JournaledTransition,
     OutageEvent,
     OutageKind,
@@ -42,7 +30,18 @@ from collector.model import (
     TargetView,
     rfc3339,
 )
-from collector.server import CollectorService
+from probenet.collector.server import CollectorService
+from support.certs import TestCA
+from support.collector_client import ManualClock, TestAgent, collector_yaml
+from support.mosquitto import (
+    BrokerTls,
+    ReceivedMessage,
+    collect_messages,
+    start_broker,
+    subscribed,
+    write_password_file,
+)
+from support.system import free_port
 
 T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z, a fixed moment: payload times are checked exactly
 COLLECTOR = "test-collector"
@@ -238,7 +237,7 @@ def test_topic_level_escaping_is_reversible():
 
 async def test_broker_restart_mid_outage_loses_nothing(persistent_broker, prefix, registry,
                                                        caplog):
-    caplog.set_level(logging.INFO, logger="collector.events")
+    caplog.set_level(logging.INFO, logger="probenet.collector.events")
     broker = persistent_broker
     sub_id = f"sub-{uuid.uuid4().hex[:8]}"
     outage_record = record("meta-edge", scope=Scope.REGIONAL, regions=("eu-central",))
@@ -295,7 +294,7 @@ async def test_broker_restart_mid_outage_loses_nothing(persistent_broker, prefix
     assert sample(registry, "probenet_mqtt_published_total", kind="event") >= 7
     # Each change of connection state is logged once; the failed retries in between at debug.
     warnings = [r.getMessage() for r in caplog.records
-                if r.levelno >= logging.WARNING and r.name.startswith("collector.events")]
+                if r.levelno >= logging.WARNING and r.name.startswith("probenet.collector.events")]
     assert warnings == ["mqtt: connection lost, reconnecting"]
     assert [r.getMessage() for r in caplog.records].count("mqtt: connected") == 2
 
@@ -474,7 +473,7 @@ async def test_queue_overflow_while_broker_down_is_counted(persistent_broker, pr
 
 
 async def test_unreachable_broker_does_not_block_start(prefix, registry, caplog):
-    caplog.set_level(logging.DEBUG, logger="collector.events")
+    caplog.set_level(logging.DEBUG, logger="probenet.collector.events")
     url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
     publisher = make_publisher(url, prefix, registry)
     async with asyncio.timeout(5):

@@ -10,16 +10,16 @@ from __future__ import annotations
 import re
 
 import grpc
-from certs import TestCA
-from collector_client import collector_yaml, http_get
-from conftest import ROOT, need_root
 from grpc_health.v1 import health, health_pb2_grpc
-from targets import DnsAnswer, DnsResponder, HttpRoute, HttpTarget, TcpTarget, wait_until
 
-from agent.config import parse_config as parse_agent_config
-from agent.main import Agent
-from collector.config import parse_config as parse_collector_config
-from collector.server import CollectorService
+from probenet.agent.config import parse_config as parse_agent_config
+from probenet.agent.main import Agent
+from probenet.collector.config import parse_config as parse_collector_config
+from probenet.collector.server import CollectorService
+from support.certs import TestCA
+from support.collector_client import collector_yaml, http_get
+from support.system import ROOT, need_root
+from support.targets import DnsAnswer, DnsResponder, HttpRoute, HttpTarget, TcpTarget, wait_until
 
 PAIR_LABELS = {"probe", "target", "kind", "region", "agent"}
 # Exported only with an `mqtt:` section (their own suite runs a broker).

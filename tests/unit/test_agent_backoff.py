@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from agent.stream import backoff_delay
+from probenet.agent.stream import backoff_delay
 
 
 def test_backoff_grows_exponentially_then_caps():

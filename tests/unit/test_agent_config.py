@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
 
-from agent.config import (
+from probenet.agent.config import (
     AgentConfig,
     ConfigError,
     DnsOptions,
@@ -18,6 +17,7 @@ from agent.config import (
     parse_config,
     split_host_port,
 )
+from support.system import ROOT
 
 DATA = ROOT / "tests" / "data" / "agent"
 
@@ -209,9 +209,9 @@ def test_bare_ipv6_dns_server_gets_the_default_port():
 
 
 def test_a_missing_probe_module_is_a_config_error_naming_the_probe(monkeypatch):
-    from agent import probes  # noqa: PLC0415
+    from probenet.agent import probes  # noqa: PLC0415
 
-    monkeypatch.setitem(probes.PROBE_MODULES, "grpc", "agent.probes.not_installed")
+    monkeypatch.setitem(probes.PROBE_MODULES, "grpc", "probenet.agent.probes.not_installed")
     with pytest.raises(ConfigError) as caught:
         parse_config("""
 agent: {id: a, region: r}
@@ -221,11 +221,11 @@ probes:
 """)
     assert [str(i) for i in caught.value.issues] == [
         ("<string>:5:26: probe kind 'grpc' is not available in this build "
-        "(agent.probes.not_installed is missing)")]
+        "(probenet.agent.probes.not_installed is missing)")]
 
 
 def test_every_kind_builds_through_the_registry():
-    from agent.probes import build_probe  # noqa: PLC0415
+    from probenet.agent.probes import build_probe  # noqa: PLC0415
 
     config = parse_config("""
 agent: {id: a, region: r}
@@ -244,8 +244,8 @@ probes:
 
 
 def test_unusable_probe_files_fail_the_build_naming_the_probe(tmp_path):
-    from agent.errors import ProbeBuildError  # noqa: PLC0415
-    from agent.probes import build_probe  # noqa: PLC0415
+    from probenet.agent.errors import ProbeBuildError  # noqa: PLC0415
+    from probenet.agent.probes import build_probe  # noqa: PLC0415
 
     config = parse_config(f"""
 agent: {{id: a, region: r}}

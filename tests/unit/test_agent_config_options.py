@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.config import parse_config
+from probenet.agent.config import parse_config
 from probenet.configfile import ConfigError
 
 HEAD = """\

@@ -7,12 +7,12 @@ import itertools
 import random
 
 from prometheus_client import CollectorRegistry
-from targets import TcpTarget, closed_port
 
-from agent.config import ProbeSpec, parse_config
-from agent.metrics import ProbeCounters
-from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
-from agent.scheduler import Scheduler
+from probenet.agent.config import ProbeSpec, parse_config
+from probenet.agent.metrics import ProbeCounters
+from probenet.agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
+from probenet.agent.scheduler import Scheduler
+from support.targets import TcpTarget, closed_port
 
 
 def specs(count: int, *, interval: str = "1s", timeout: str = "500ms", kind: str = "tcp",
@@ -209,7 +209,7 @@ async def test_real_tcp_probes_through_the_scheduler():
 
 
 async def test_entering_twice_is_an_error_and_leaving_is_idempotent():
-    from agent.errors import LifecycleError  # noqa: PLC0415
+    from probenet.agent.errors import LifecycleError  # noqa: PLC0415
 
     scheduler = Scheduler(specs(1), sink=lambda _r: None, build=lambda _s: ScriptedProbe())
     async with scheduler:

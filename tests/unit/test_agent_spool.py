@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.spool import Spool
+from probenet.agent.spool import Spool
 from probenet.v1 import probenet_pb2 as pb
 
 

@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_classify import CONNECT, DNS, PROBES, TLS, Down, Fleet, faults
 
-from collector.classify import Classifier, target_state
-from collector.model import (
+from probenet.collector.classify import Classifier, target_state
+from probenet.collector.model import (
     ClassificationParams,
     OutageEvent,
     OutageKind,
@@ -23,6 +22,7 @@ from collector.model import (
     TargetState,
     Transition,
 )
+from support.classifier_fleet import CONNECT, DNS, PROBES, TLS, Down, Fleet, faults
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -7,17 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
-from collector.config import (
+from probenet.collector.config import (
     CollectorConfig,
     is_loopback_host,
     load_config,
     parse_config,
     split_host_port,
 )
-from collector.model import ClassificationParams
+from probenet.collector.model import ClassificationParams
 from probenet.configfile import ConfigError
+from support.system import ROOT
 
 DATA = Path("tests/data/collector")  # relative: messages name files as the user wrote them
 

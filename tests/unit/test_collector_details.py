@@ -10,22 +10,22 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
-from certs import TestCA
-from conftest import need_binary
 from grpc_health.v1 import health, health_pb2_grpc
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agent.config import ProbeSpec
-from agent.probes import build_probe
-from agent.probes.attempt import run_attempt
-from agent.results import to_wire
-from collector import details
-from collector.classify import Classifier, PairSample
-from collector.metrics import ClassifierMetrics
-from collector.model import ClassificationParams
+from probenet.agent.config import ProbeSpec
+from probenet.agent.probes import build_probe
+from probenet.agent.probes.attempt import run_attempt
+from probenet.agent.results import to_wire
+from probenet.collector import details
+from probenet.collector.classify import Classifier, PairSample
+from probenet.collector.metrics import ClassifierMetrics
+from probenet.collector.model import ClassificationParams
 from probenet.v1 import probenet_pb2 as pb
+from support.certs import TestCA
+from support.system import need_binary
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator

@@ -10,9 +10,9 @@ import sqlite3
 
 import pytest
 
-from collector.errors import JournalError
-from collector.journal import SCHEMA_VERSION, Journal, TransitionCommitter
-from collector.model import (
+from probenet.collector.errors import JournalError
+from probenet.collector.journal import SCHEMA_VERSION, Journal, TransitionCommitter
+from probenet.collector.model import (
     OutageEvent,
     OutageKind,
     OutageRecord,

@@ -13,9 +13,9 @@ def _emit(fmt):
     stream = io.StringIO()
     setup_logging("info", fmt, stream=stream)
     try:
-        logging.getLogger("collector.ingest").warning(
+        logging.getLogger("probenet.collector.ingest").warning(
             "stream rejected", extra={"agent": "fra-1", "reason": "bad token"})
-        logging.getLogger("collector.ingest").debug("hidden")
+        logging.getLogger("probenet.collector.ingest").debug("hidden")
     finally:
         logging.getLogger().handlers.clear()
     return stream.getvalue().strip().splitlines()
@@ -24,7 +24,8 @@ def _emit(fmt):
 def test_logfmt_line_has_fields():
     (line,) = _emit("logfmt")
     assert line.startswith("ts=")
-    assert 'level=warning logger=collector.ingest msg="stream rejected" agent=fra-1' in line
+    assert ('level=warning logger=probenet.collector.ingest msg="stream rejected" agent=fra-1'
+            in line)
     assert line.endswith('reason="bad token"')
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import ROOT
-
 from probenet.v1 import probenet_pb2 as pb
+from support.system import ROOT
 
 
 def test_generated_modules_match_the_proto(tmp_path):

@@ -1,7 +1,7 @@
 """A real Mosquitto broker for tests: started from its Debian binary on a free loopback port.
 
-    from mosquitto import collect_messages, start_broker, subscribed
-    from mosquitto import mosquitto_broker_fixture  # noqa: F401 (the `mosquitto_broker` fixture)
+    from .mosquitto import collect_messages, start_broker, subscribed
+    # the `mosquitto_broker` fixture is registered by tests/conftest.py
 
     @pytest.fixture
     def broker(mosquitto_broker):                   # or start_broker(tmp_path / "m", ...)
@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 
 import aiomqtt
 import pytest
-from conftest import free_port, need_binary
+
+from .system import free_port, need_binary
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator

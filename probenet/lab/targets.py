@@ -41,9 +41,9 @@ import dns.rdatatype
 import dns.rrset
 from aiohttp import web
 
-from probenet.demo.errors import TargetsError
+from .errors import TargetsError
 
-log = logging.getLogger("probenet.demo.targets")
+log = logging.getLogger("probenet.lab.targets")
 
 DNS_ZONE = dns.name.from_text("probenet.test.")
 TCP_BANNER = b"probenet-demo ready\r\n"

@@ -9,8 +9,8 @@ from typing import Any, Self
 
 import aiohttp
 
-from probenet.demo.errors import ApiError, DemoError
-from probenet.demo.snapshot import (
+from .errors import ApiError, LabError
+from .snapshot import (
     AgentEntry,
     FleetSnapshot,
     OutageEntry,
@@ -38,7 +38,7 @@ class CollectorApi:
     async def __aenter__(self) -> Self:
         """Open the HTTP session."""
         if self._entered:
-            raise DemoError("CollectorApi entered twice")
+            raise LabError("CollectorApi entered twice")
         self._entered = True
         self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self
@@ -51,7 +51,7 @@ class CollectorApi:
 
     async def _get(self, path: str) -> tuple[int, bytes]:
         if self._session is None:
-            raise DemoError("CollectorApi used outside its context")
+            raise LabError("CollectorApi used outside its context")
         try:
             async with self._session.get(self.base_url + path) as response:
                 body = await response.content.read(_MAX_BODY_BYTES + 1)

@@ -9,14 +9,14 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from certs import TestCA
-from conftest import free_port
 
-from agent.config import ProbeSpec
-from agent.probes import tls, tlsfacts
-from agent.probes.attempt import run_attempt
-from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
+from probenet.agent.config import ProbeSpec
+from probenet.agent.probes import tls, tlsfacts
+from probenet.agent.probes.attempt import run_attempt
+from probenet.agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
 from probenet.v1 import probenet_pb2 as pb
+from support.certs import TestCA
+from support.system import free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -26,15 +26,16 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import yaml
 
 from probenet.configfile import format_duration
-from probenet.demo.client import CollectorApi
-from probenet.demo.errors import ApiError, DemoError, FleetError
+
+from .client import CollectorApi
+from .errors import ApiError, FleetError, LabError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from probenet.demo.targets import FaultyTargets
+    from .targets import FaultyTargets
 
-log = logging.getLogger("probenet.demo.fleet")
+log = logging.getLogger("probenet.lab.fleet")
 
 ProbeKind = Literal["http", "tcp", "dns"]
 
@@ -140,14 +141,14 @@ class FleetPlan:
         """Refuse plans the agents or the collector would refuse later, with a clearer word."""
         ids = [a.id for a in self.agents]
         if len(set(ids)) != len(ids):
-            raise DemoError(f"duplicate agent ids in the fleet plan: {ids}")
+            raise LabError(f"duplicate agent ids in the fleet plan: {ids}")
         names = [p.name for p in self.probes]
         if len(set(names)) != len(names):
-            raise DemoError(f"duplicate probe names in the fleet plan: {names}")
+            raise LabError(f"duplicate probe names in the fleet plan: {names}")
         if self.interval_s <= 0:
-            raise DemoError("the probe interval must be positive")
+            raise LabError("the probe interval must be positive")
         if self.effective_timeout_s >= self.interval_s:
-            raise DemoError("the probe timeout must be shorter than the interval")
+            raise LabError("the probe timeout must be shorter than the interval")
 
     @property
     def effective_timeout_s(self) -> float:
@@ -166,7 +167,7 @@ class FleetPlan:
         for seat in self.agents:
             if seat.id == agent_id:
                 return seat
-        raise DemoError(f"no agent {agent_id!r} in the fleet plan")
+        raise LabError(f"no agent {agent_id!r} in the fleet plan")
 
     def agents_by_address(self) -> dict[str, AgentSeat]:
         """Source address -> agent (how a target tells who is asking)."""
@@ -333,7 +334,7 @@ class Fleet:
     async def __aenter__(self) -> Self:
         """Start the collector, then every agent; wait until all are up."""
         if self._entered:
-            raise DemoError("Fleet entered twice")
+            raise LabError("Fleet entered twice")
         self._entered = True
         self._task_group = asyncio.TaskGroup()
         await self._task_group.__aenter__()
@@ -372,10 +373,10 @@ class Fleet:
 
     async def _spawn(self, name: str, subcommand: str, config: Path) -> None:
         if self._task_group is None or self._closed:
-            raise DemoError("Fleet used outside its context")
+            raise LabError("Fleet used outside its context")
         old = self._children.get(name)
         if old is not None and old.process is not None and old.process.returncode is None:
-            raise DemoError(f"{name} is already running")
+            raise LabError(f"{name} is already running")
         argv = [*self._command, subcommand, "--config", str(config),
                 "--log-level", self._log_level]
         child = _Child(name, argv, self.log_path(name))

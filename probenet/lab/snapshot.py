@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from probenet.demo.errors import ApiError
+from .errors import ApiError
 
 EntryT = TypeVar("EntryT", bound=BaseModel)
 

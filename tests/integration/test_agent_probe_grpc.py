@@ -9,22 +9,22 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
-from certs import TestCA
-from conftest import free_port
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from agent.config import ProbeSpec
-from agent.errors import ProbeBuildError
-from agent.probes import build_probe
-from agent.probes import grpc as grpc_probe
-from agent.probes.attempt import run_attempt
-from agent.probes.base import PhaseTracker, ProbeOutcome
+from probenet.agent.config import ProbeSpec
+from probenet.agent.errors import ProbeBuildError
+from probenet.agent.probes import build_probe
+from probenet.agent.probes import grpc as grpc_probe
+from probenet.agent.probes.attempt import run_attempt
+from probenet.agent.probes.base import PhaseTracker, ProbeOutcome
 from probenet.v1 import probenet_pb2 as pb
+from support.certs import TestCA
+from support.system import free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from certs import IssuedCert
+    from support.certs import IssuedCert
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -249,7 +249,7 @@ def test_missing_ca_file_is_named_at_build(tmp_path):
 
 
 def test_source_address_is_not_applied_and_says_so(caplog):
-    with caplog.at_level(logging.INFO, logger="agent.probes.grpc"):
+    with caplog.at_level(logging.INFO, logger="probenet.agent.probes.grpc"):
         grpc_probe.build(spec("127.0.0.1:50051"), source_address="127.0.0.2")
     assert any("cannot bind a source address" in r.getMessage() for r in caplog.records)
 

@@ -1,13 +1,10 @@
 """The end-to-end suite's fleet: real collector and agent processes, fault-injecting targets,
 a fault table the tests edit, and a synchronous view of the collector's API.
 
-The targets and the `Fleet` (from probenet.demo) run on an event loop in a background thread
+The targets and the `Fleet` (from probenet.lab) run on an event loop in a background thread
 for the whole module, so every scenario drives one fleet and the random-loss scenario can run
 for minutes alongside the others. Tests stay synchronous: they edit the `FaultTable`, then
 poll the collector's HTTP API with `wait_until`.
-
-No conftest.py lives in this folder on purpose: a second `conftest` module would shadow
-tests/conftest.py for every `from conftest import ...` collected after it.
 """
 
 from __future__ import annotations
@@ -28,9 +25,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from probenet.demo.fleet import AgentSeat, Fleet, FleetPlan
-from probenet.demo.snapshot import AgentEntry, OutageEntry, TargetEntry, parse_entries
-from probenet.demo.targets import FaultMode, FaultyTargets
+from probenet.lab.fleet import AgentSeat, Fleet, FleetPlan
+from probenet.lab.snapshot import AgentEntry, OutageEntry, TargetEntry, parse_entries
+from probenet.lab.targets import FaultMode, FaultyTargets
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent.config import ProbeSpec, parse_config
-from agent.probes import build_probe
-from agent.probes.attempt import run_attempt
+from probenet.agent.config import ProbeSpec, parse_config
+from probenet.agent.probes import build_probe
+from probenet.agent.probes.attempt import run_attempt
 
 if TYPE_CHECKING:
-    from agent.probes.base import ProbeOutcome
+    from probenet.agent.probes.base import ProbeOutcome
 
 
 def probe_spec(kind: str, name: str, target: str, options: str = "", *, timeout: str = "2s",

@@ -15,14 +15,14 @@ import sys
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
-from conftest import ROOT, need_binary, need_root
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.config import ProbeSpec
-from agent.probes import icmp
-from agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
+from probenet.agent.config import ProbeSpec
+from probenet.agent.probes import icmp
+from probenet.agent.probes.base import PhaseTracker, ProbeFailure, ProbeOutcome
 from probenet.v1 import probenet_pb2 as pb
+from support.system import ROOT, need_binary, need_root
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator
