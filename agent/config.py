@@ -27,7 +27,6 @@ starts, not here, so configs written for another host still pass `probenet check
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -45,19 +44,27 @@ from pydantic import (
     model_validator,
 )
 
+from probenet.addresses import is_host, split_host_port
 from probenet.configfile import (
     ConfigError,
     CrossCheck,
     Duration,
     FrozenModel,
+    HostPort,
+    Labels,
+    ListenAddress,
+    Name,
     Path_,
+    check_host_port,
     format_duration,
     load_model,
     load_text,
     resolve_path,
 )
+from probenet.kinds import PROBE_KINDS, ProbeKind
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
 __all__ = [
@@ -73,9 +80,9 @@ __all__ = [
     "HttpAuth",
     "HttpOptions",
     "IcmpOptions",
+    "IpFamily",
     "MetricsSettings",
     "ProbeDefaults",
-    "ProbeKind",
     "ProbeSpec",
     "SchedulerSettings",
     "StreamSettings",
@@ -84,42 +91,18 @@ __all__ = [
     "TlsOptions",
     "load_config",
     "parse_config",
-    "split_host_port",
-    "split_listen",
 ]
 
-ProbeKind = Literal["http", "tcp", "dns", "icmp", "tls", "grpc"]
-KINDS: tuple[str, ...] = ("http", "tcp", "dns", "icmp", "tls", "grpc")
 IpFamily = Literal["ip4", "ip6"]
 DnsRecord = Literal["A", "AAAA", "CNAME", "MX", "NS", "TXT", "SOA", "PTR", "SRV", "CAA"]
 DnsRcode = Literal["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
                    "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE"]
 
-# Names end up in metric labels, MQTT topics (`{prefix}/state/{probe}`) and URLs: no `/`,
-# `+`, `#` or whitespace.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
-_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 _HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _STATUS = re.compile(r"[1-5](?:xx|[0-9]{2})")
 
 
 # --------------------------------------------------------------------------- value checks
-
-
-def _check_name(value: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise ValueError(
-            f"invalid name {value!r}: use letters, digits and _ . : @ - "
-            "(starting with a letter or digit, at most 128 characters)")
-    return value
-
-
-def _check_labels(value: dict[str, str]) -> dict[str, str]:
-    for key in value:
-        if not _LABEL_NAME.fullmatch(key):
-            raise ValueError(f"invalid label name {key!r}: use letters, digits and _")
-    return value
 
 
 def _check_ip(value: str) -> str:
@@ -138,74 +121,9 @@ def _check_regex(value: str) -> str:
     return value
 
 
-def _is_hostname(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        return True
-    name = host.removesuffix(".")
-    return bool(name) and len(name) <= 253 and all(
-        _HOST_LABEL.fullmatch(label) for label in name.split("."))
-
-
 def _check_host(value: str) -> str:
-    if not _is_hostname(value):
+    if not is_host(value):
         raise ValueError(f"invalid host {value!r}: expected a host name or an IP address")
-    return value
-
-
-def split_host_port(value: str, default_port: int | None = None) -> tuple[str, int]:
-    """Split `host:port`, `[v6]:port` (or a bare host with `default_port`); raise ValueError."""
-    host, sep, port_text = value, "", ""
-    if value.startswith("["):
-        close = value.find("]")
-        if close < 0:
-            raise ValueError(f"invalid address {value!r}: missing ']'")
-        host, rest = value[1:close], value[close + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"invalid address {value!r}: expected [host]:port")
-            sep, port_text = ":", rest[1:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            msg = f"invalid address {value!r}: {host!r} is not an IPv6 address"
-            raise ValueError(msg) from None
-    elif value.count(":") == 1:
-        host, sep, port_text = value.partition(":")
-    elif value.count(":") > 1:
-        if default_port is not None and _is_hostname(value):
-            return value, default_port  # a bare IPv6 address
-        raise ValueError(f"invalid address {value!r}: write an IPv6 address as [addr]:port")
-    if not sep:
-        if default_port is None:
-            raise ValueError(f"invalid address {value!r}: expected host:port")
-        port = default_port
-    else:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"invalid port {port_text!r} in {value!r}: expected 1-65535")
-        port = int(port_text)
-    if not _is_hostname(host):
-        raise ValueError(f"invalid host {host!r} in {value!r}")
-    return host, port
-
-
-def _check_host_port(value: str) -> str:
-    split_host_port(value)
-    return value
-
-
-def split_listen(value: str) -> tuple[str, int]:
-    """Split a listen address: like `split_host_port`, but port 0 (pick one) is allowed."""
-    if value.endswith(":0"):
-        return split_host_port(value[:-2] + ":1")[0], 0
-    return split_host_port(value)
-
-
-def _check_listen(value: str) -> str:
-    split_listen(value)
     return value
 
 
@@ -220,7 +138,7 @@ def _check_url(value: str) -> str:
     if port == 0:
         raise ValueError(f"invalid URL {value!r}: bad port")
     host = parts.hostname or ""
-    if not host or not _is_hostname(host):
+    if not host or not is_host(host):
         raise ValueError(f"invalid URL {value!r}: missing or invalid host")
     return value
 
@@ -251,10 +169,7 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-Name = Annotated[str, AfterValidator(_check_name)]
-Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
 Regex = Annotated[str, AfterValidator(_check_regex)]
-HostPort = Annotated[str, AfterValidator(_check_host_port)]
 PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 
 
@@ -519,14 +434,14 @@ class ProbeSpec(FrozenModel):
         if kind == "http":
             return _check_url(value)
         if kind in {"tcp", "tls", "grpc"}:
-            return _check_host_port(value)
+            return check_host_port(value)
         if kind == "dns":
             return _check_dns_name(value)
         if kind == "icmp":
             return _check_host(value)
         return value
 
-    @field_validator("http", "tcp", "dns", "icmp", "tls", "grpc")
+    @field_validator(*PROBE_KINDS)
     @classmethod
     def _own_kind_only(cls, value: Any, info: ValidationInfo) -> Any:
         kind = info.data.get("kind")
@@ -604,7 +519,7 @@ class BufferSettings(FrozenModel):
 class MetricsSettings(FrozenModel):
     """The agent's own Prometheus endpoint."""
 
-    listen: Annotated[str, AfterValidator(_check_listen)]
+    listen: ListenAddress
 
 
 class AgentConfig(FrozenModel):
@@ -691,21 +606,6 @@ def _timeout_below_interval(config: AgentConfig) -> list[tuple[Path_, str]]:
     return found
 
 
-def _kinds_available(config: AgentConfig) -> list[tuple[Path_, str]]:
-    from .probes import PROBE_MODULES  # noqa: PLC0415 - the registry imports config
-
-    found: list[tuple[Path_, str]] = []
-    missing: dict[str, bool] = {}
-    for index, probe in enumerate(config.probes):
-        if probe.kind not in missing:
-            missing[probe.kind] = importlib.util.find_spec(PROBE_MODULES[probe.kind]) is None
-        if missing[probe.kind]:
-            found.append((("probes", index, "kind"),
-                          (f"probe kind {probe.kind!r} is not available in this build "
-                          f"({PROBE_MODULES[probe.kind]} is missing)")))
-    return found
-
-
 def _backoff_order(config: AgentConfig) -> list[tuple[Path_, str]]:
     if config.stream.backoff_initial > config.stream.backoff_max:
         return [(("stream", "backoff_initial"),
@@ -732,14 +632,19 @@ def _probe_kind_limits(config: AgentConfig) -> list[tuple[Path_, str]]:
 
 
 CHECKS: tuple[CrossCheck, ...] = (_unique_names, _timeout_below_interval, _backoff_order,
-                                  _kinds_available, _probe_kind_limits)
+                                  _probe_kind_limits)
 
 
-def load_config(path: str | Path) -> AgentConfig:
-    """Read and validate an agent.yaml; raise ConfigError with every `file:line:col` issue."""
-    return load_model(AgentConfig, path, checks=CHECKS)
+def load_config(path: str | Path, *, checks: Sequence[CrossCheck] = ()) -> AgentConfig:
+    """Read and validate an agent.yaml; raise ConfigError with every `file:line:col` issue.
+
+    `checks` run after the config's own (the agent adds its probe registry's
+    `probes.unavailable_kinds`, which this module cannot import: the probes import it).
+    """
+    return load_model(AgentConfig, path, checks=(*CHECKS, *checks))
 
 
-def parse_config(text: str, file: str = "<string>") -> AgentConfig:
+def parse_config(text: str, file: str = "<string>", *,
+                 checks: Sequence[CrossCheck] = ()) -> AgentConfig:
     """Validate agent.yaml text (tests, generated configs); same checks as `load_config`."""
-    return load_text(AgentConfig, text, file, checks=CHECKS)
+    return load_text(AgentConfig, text, file, checks=(*CHECKS, *checks))

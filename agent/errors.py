@@ -4,12 +4,15 @@
     ├── ProbeBuildError           a probe cannot be built from its spec (names the probe)
     ├── StreamError               a collector stream failed (the client reconnects)
     │   └── StreamRejectedError        the collector refused us (bad token, wrong region, ...)
-    └── LifecycleError            a component was entered twice or used while closed
+    └── LifecycleError            a component was entered twice or used outside its context
+                                  (also a probenet.lifecycle.LifecycleError)
 
 Probe failures are not errors: they are outcomes (`agent.probes.base.ProbeFailure`).
 """
 
 from __future__ import annotations
+
+from probenet import lifecycle
 
 
 class AgentError(Exception):
@@ -45,5 +48,8 @@ class StreamRejectedError(StreamError):
         self.code = code
 
 
-class LifecycleError(AgentError):
-    """A long-lived component was entered twice, or used after it was closed."""
+class LifecycleError(AgentError, lifecycle.LifecycleError):
+    """A long-lived component was entered twice, or used outside its context.
+
+    Raised by `probenet.lifecycle.EnterOnce`; `component` names the component.
+    """

@@ -2,8 +2,9 @@
 
 `Agent` holds the scheduler, one spool and stream per collector, and the self-metrics.
 
-Signals: SIGTERM/SIGINT stop probing, flush unacknowledged results for up to
-`scheduler.grace_period`, and exit 0 (a second signal exits at once, status 1). SIGHUP
+Signals (`probenet.lifecycle.StopSignals`): SIGTERM/SIGINT stop probing, flush
+unacknowledged results for up to `scheduler.grace_period`, and exit 0 (a second signal exits
+at once, status 1). SIGHUP
 reloads the config: probes that did not change keep their schedule; a config with errors is
 logged issue by issue and the running one is kept. Changes to `agent`, `collectors`,
 `buffer`, `stream` and `metrics` need a restart (the reload says so in the log).
@@ -25,12 +26,14 @@ from typing import TYPE_CHECKING, Self
 
 from prometheus_client import CollectorRegistry
 
+from probenet.lifecycle import EnterOnce, StopSignals
 from probenet.v1 import probenet_pb2 as pb
 from probenet.version import __version__
 
 from .config import AgentConfig, ConfigError, load_config
 from .errors import AgentError, LifecycleError, ProbeBuildError
 from .metrics import AgentStateCollector, MetricsServer, ProbeCounters
+from .probes import unavailable_kinds
 from .results import ResultFanout
 from .scheduler import Scheduler
 from .spool import Spool
@@ -42,7 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _RESTART_SECTIONS = ("agent", "collectors", "buffer", "stream", "metrics")
-_DUPLICATE_SIGNAL_S = 0.5
 
 
 def preflight(config: AgentConfig) -> list[str]:
@@ -88,7 +90,7 @@ class Agent:
         self.metrics_server = (MetricsServer(config.metrics.listen, self.registry)
                                if config.metrics is not None else None)
         self._stack: contextlib.AsyncExitStack | None = None
-        self._entered = False
+        self._lifecycle = EnterOnce("Agent", LifecycleError)
 
     def hello(self) -> pb.Hello:
         """The Hello sent at every connect (reflects the current config)."""
@@ -101,9 +103,7 @@ class Agent:
 
     async def __aenter__(self) -> Self:
         """Start the metrics endpoint, the streams, then the probes."""
-        if self._entered:
-            raise LifecycleError("an Agent can be entered only once")
-        self._entered = True
+        self._lifecycle.enter()
         async with contextlib.AsyncExitStack() as stack:
             if self.metrics_server is not None:
                 await stack.enter_async_context(self.metrics_server)
@@ -121,6 +121,8 @@ class Agent:
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Stop everything at once (idempotent); see `shutdown` for a graceful stop."""
+        if not self._lifecycle.leave():
+            return
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
@@ -155,32 +157,14 @@ class Agent:
 
 
 async def serve(path: Path, config: AgentConfig, *, ready: asyncio.Event | None = None) -> int:
-    """Run the agent until SIGTERM/SIGINT; reload on SIGHUP. Return the exit status."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    """Run the agent until SIGTERM/SIGINT; reload on SIGHUP. Return the exit status.
+
+    A second SIGTERM/SIGINT while the agent flushes ends the process at once, status 1.
+    """
     reload_requested = asyncio.Event()
-    main_task = asyncio.current_task()
-
-    first_stop_at: list[float] = []
-
-    def on_stop(signum: int) -> None:
-        # `timeout`, shells and supervisors may deliver one stop twice in a row (to the process
-        # and to its group): only a second signal some time later forces the exit.
-        if first_stop_at and loop.time() - first_stop_at[0] < _DUPLICATE_SIGNAL_S:
-            return
-        if stop.is_set():
-            log.warning("second signal: exiting now", extra={"signal": signum})
-            if main_task is not None:
-                main_task.cancel()
-            return
-        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
-        first_stop_at.append(loop.time())
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_stop, signum)
-    loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
-    try:
+    with StopSignals(log, forced_status=1,
+                     handlers={signal.SIGHUP: reload_requested.set}) as signals:
+        stop = signals.stop
         async with Agent(config) as agent, asyncio.TaskGroup() as tasks:
             tasks.create_task(_reload_loop(agent, path, reload_requested, stop),
                               name="agent-reload")
@@ -188,9 +172,6 @@ async def serve(path: Path, config: AgentConfig, *, ready: asyncio.Event | None 
                 ready.set()
             await stop.wait()
             await agent.shutdown(config.scheduler.grace_period)
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
     log.info("agent stopped")
     return 0
 
@@ -208,7 +189,7 @@ async def _reload_loop(agent: Agent, path: Path, requested: asyncio.Event,
         requested.clear()
         log.info("reloading config", extra={"path": str(path)})
         try:
-            config = load_config(path)
+            config = load_config(path, checks=(unavailable_kinds,))
         except ConfigError as exc:
             for issue in exc.issues:
                 log.error("config reload rejected: %s", issue)  # noqa: TRY400 - no traceback
@@ -262,7 +243,7 @@ def run(path: str | Path) -> int:
     """`probenet agent --config PATH`: 0 after a clean stop, 1 on a config error."""
     path = Path(path)
     try:
-        config = load_config(path)
+        config = load_config(path, checks=(unavailable_kinds,))
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)  # noqa: T201 - the CLI's error output

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from typing import TYPE_CHECKING, Protocol, Self
 
 from aiohttp import web
@@ -32,7 +31,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, StateSetMetricFamily
 from prometheus_client.registry import Collector
 
-from .config import split_listen
+from probenet.addresses import format_host, split_listen
+from probenet.httpserve import serve_app
+from probenet.lifecycle import EnterOnce
+
 from .errors import LifecycleError
 
 if TYPE_CHECKING:
@@ -167,14 +169,13 @@ class MetricsServer:
         self.registry = registry
         self.port = 0
         self._runner: web.AppRunner | None = None
-        self._entered = False
+        self._lifecycle = EnterOnce("MetricsServer", LifecycleError)
 
     @property
     def url(self) -> str:
         """The metrics URL (with the bound port)."""
         host, _ = split_listen(self.listen)
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}/metrics"
+        return f"http://{format_host(host)}:{self.port}/metrics"
 
     async def _metrics(self, request: web.Request) -> web.Response:
         del request
@@ -183,37 +184,20 @@ class MetricsServer:
 
     async def __aenter__(self) -> Self:
         """Bind and serve."""
-        if self._entered:
-            raise LifecycleError("MetricsServer can be entered only once")
-        self._entered = True
+        self._lifecycle.enter()
         host, port = split_listen(self.listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self.port = int(sock.getsockname()[1])
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await web.SockSite(runner, sock).start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        site = await serve_app(app, host, port)
+        self.port = site.port
+        self._runner = site.runner
         log.info("metrics listening", extra={"url": self.url})
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Stop serving (idempotent)."""
+        if not self._lifecycle.leave():
+            return
         runner, self._runner = self._runner, None
         if runner is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):

@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Self
 
+from probenet.lifecycle import EnterOnce
+
 from .errors import LifecycleError
 from .probes import build_probe
 from .probes.attempt import run_attempt
@@ -95,7 +97,7 @@ class Scheduler:
             spec.name: ScheduledProbe(spec, self._build(spec)) for spec in specs}
         self._tasks: asyncio.TaskGroup | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._entered = False
+        self._lifecycle = EnterOnce("Scheduler", LifecycleError)
         self._stopped = False
         self.in_flight = 0
 
@@ -103,9 +105,7 @@ class Scheduler:
 
     async def __aenter__(self) -> Self:
         """Start every probe's timer, spread evenly with jitter."""
-        if self._entered:
-            raise LifecycleError("a Scheduler can be entered only once")
-        self._entered = True
+        self._lifecycle.enter()
         self._loop = asyncio.get_running_loop()
         tasks = asyncio.TaskGroup()
         await tasks.__aenter__()
@@ -122,6 +122,8 @@ class Scheduler:
     async def __aexit__(self, *exc_info: object) -> None:
         """Stop firing and cancel runs in progress (idempotent)."""
         self.stop()
+        if not self._lifecycle.leave():
+            return
         tasks, self._tasks = self._tasks, None
         if tasks is None:
             return

@@ -5,8 +5,9 @@ keeps one `Ingest.Stream` call open: it sends Hello, reads Welcome (whose `acked
 what the collector already has), then a sender task writes batches (at most the collector's
 `max_batch_results` and `max_message_bytes`, flushed when full or after `linger`) while a
 receiver task applies cumulative Acks. When the stream fails it reconnects with capped,
-jittered exponential backoff (full jitter between half and all of min(max, initial * 2^n)),
-and everything unacknowledged is sent again; the collector deduplicates by sequence.
+jittered exponential backoff (`probenet.backoff.Backoff`: between half and all of
+min(backoff_max, backoff_initial * 2^n)), and everything unacknowledged is sent again; the
+collector deduplicates by sequence.
 
 States (logged once per change, exported as metrics): connecting, connected, backoff,
 closed. A stream that has results in flight and hears nothing for `ack_timeout` is treated
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 
+from probenet.backoff import Backoff
+from probenet.lifecycle import EnterOnce
 from probenet.v1 import probenet_pb2 as pb
 from probenet.v1 import probenet_pb2_grpc as pb_grpc
 
@@ -46,13 +49,6 @@ _REJECTIONS = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMIS
                          grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION})
 
 
-def backoff_delay(attempt: int, initial_s: float, max_s: float,
-                  rng: Callable[[], float] = random.random) -> float:
-    """Delay before reconnect attempt `attempt` (0-based): jittered in [cap/2, cap]."""
-    cap = min(max_s, initial_s * 2.0 ** min(attempt, 30))
-    return cap * (0.5 + 0.5 * rng())
-
-
 def _read_file(path: str, what: str, collector: str) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -66,12 +62,15 @@ class CollectorStream:
     def __init__(self, target: CollectorTarget, spool: Spool, *,
                  hello: Callable[[], pb.Hello], settings: StreamSettings,
                  rng: Callable[[], float] = random.random) -> None:
-        """`hello` is called at every connect (it reflects the current config)."""
+        """`hello` is called at every connect (it reflects the current config).
+
+        `rng` (uniform in [0, 1)) jitters the reconnect backoff.
+        """
         self.target = target
         self.spool = spool
         self._hello = hello
         self.settings = settings
-        self._rng = rng
+        self._backoff = Backoff(settings.backoff_initial, settings.backoff_max, rand=rng)
         self.epoch = 0
         self.state = "closed"
         self.reconnects = 0
@@ -84,7 +83,7 @@ class CollectorStream:
         # Set before the runner is cancelled: grpc.aio may turn a cancellation that lands
         # inside a call into an RPC error, which the reconnect loop would otherwise retry.
         self._closing = False
-        self._entered = False
+        self._lifecycle = EnterOnce("CollectorStream", LifecycleError)
         self._waiting_since: float | None = None  # results in flight with no ack since
 
     # -- the StreamView of agent.metrics ---------------------------------------------------
@@ -113,9 +112,7 @@ class CollectorStream:
 
     async def __aenter__(self) -> Self:
         """Start connecting in the background."""
-        if self._entered:
-            raise LifecycleError("a CollectorStream can be entered only once")
-        self._entered = True
+        self._lifecycle.enter()
         tasks = asyncio.TaskGroup()
         await tasks.__aenter__()
         self._tasks = tasks
@@ -125,6 +122,8 @@ class CollectorStream:
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Close the stream (idempotent); unacknowledged results are abandoned."""
+        if not self._lifecycle.leave():
+            return
         tasks, self._tasks = self._tasks, None
         if tasks is None:
             return
@@ -171,7 +170,7 @@ class CollectorStream:
     # -- connection loop -------------------------------------------------------------------
 
     async def _run_forever(self) -> None:
-        attempt = 0
+        failures = 0  # in a row, since the last established stream
         while True:
             self._set_state("connecting")
             established = False
@@ -195,14 +194,9 @@ class CollectorStream:
             self.last_error = reason
             if self._closing:
                 return
-            if established:
-                attempt = 0
-            delay = (backoff_delay(30, self.settings.backoff_initial, self.settings.backoff_max,
-                                   self._rng) if slow else
-                     backoff_delay(attempt, self.settings.backoff_initial,
-                                   self.settings.backoff_max, self._rng))
-            attempt += 1
-            self._set_state("backoff", reason, retry_in_s=round(delay, 3), attempt=attempt)
+            failures = 1 if established else failures + 1
+            delay = self._backoff.longest() if slow else self._backoff.delay(failures)
+            self._set_state("backoff", reason, retry_in_s=round(delay, 3), attempt=failures)
             await asyncio.sleep(delay)
 
     def _channel(self) -> grpc.aio.Channel:

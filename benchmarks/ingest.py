@@ -7,8 +7,11 @@ another process pinned to the other core:
 
 1. bare: a grpc.aio server that only parses each batch and acks it (the ceiling);
 2. collector: the real `CollectorService` (ingest + dedup + validation + classification +
-   metric-ready state); results applied per second are read back from the collector's own
-   counter, CPU seconds from /proc; the classifier's share is timed inside the process;
+   per-kind details kept); results applied per second are read back from the collector's
+   own counter, CPU seconds from /proc; the classifier's share is timed inside the process;
+   then two /metrics scrapes of its pairs, timed inside the collector (the first decodes
+   every pair's details, the second reuses them); then all of it again with the per-kind
+   details store switched off (`kind_details=False`);
 3. memory: 100 agents x 1,000 probes = 100,000 (probe, agent) pairs sent to a fresh
    collector; RSS delta per pair.
 
@@ -94,15 +97,10 @@ def bare_server(conn: Any, cpu: int) -> None:
 def collector_server(conn: Any, cpu: int, folder: str, details: bool = True) -> None:
     """The real CollectorService, with the classifier's apply() timed."""
     pin(cpu)
-    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+    from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415
 
-    from probenet.collector import server as service_module  # noqa: PLC0415
     from probenet.collector.config import parse_config  # noqa: PLC0415
     from probenet.collector.server import CollectorService  # noqa: PLC0415
-
-    if not details:
-        # Measurement only: the same service without per-kind details extraction.
-        service_module.details_extractor = lambda: None
 
     config = parse_config(
         "listen: {grpc: '127.0.0.1:0', http: '127.0.0.1:0'}\n"
@@ -110,16 +108,17 @@ def collector_server(conn: Any, cpu: int, folder: str, details: bool = True) -> 
 
     async def main() -> None:
         registry = CollectorRegistry()
-        async with CollectorService(config, registry=registry) as service:
+        async with CollectorService(config, registry=registry,
+                                    kind_details=details) as service:
             classifier = service.classifier
             real_apply = classifier.apply
             apply_seconds = [0.0]
             perf = time.perf_counter
 
-            def timed_apply(agent_id: str, results: Any, now: float, **kwargs: Any) -> int:
+            def timed_apply(agent_id: str, results: Any, now: float) -> int:
                 started = perf()
                 try:
-                    return real_apply(agent_id, results, now, **kwargs)
+                    return real_apply(agent_id, results, now)
                 finally:
                     apply_seconds[0] += perf() - started
 
@@ -130,6 +129,12 @@ def collector_server(conn: Any, cpu: int, folder: str, details: bool = True) -> 
                 command = await loop.run_in_executor(None, conn.recv)
                 if command == "stop":
                     break
+                if command == "scrape":
+                    started = perf()
+                    exposition = generate_latest(registry)
+                    conn.send({"scrape_s": perf() - started, "series": sum(
+                        1 for line in exposition.splitlines() if not line.startswith(b"#"))})
+                    continue
                 applied = registry.get_sample_value(
                     "probenet_ingest_results_total", {"outcome": "applied"}) or 0.0
                 duplicate = registry.get_sample_value(
@@ -307,6 +312,10 @@ def collector_run(ctx: Any, cpus: tuple[int, int], args: argparse.Namespace,
     cpu = cpu_seconds(server.pid) - cpu_before
     parent.send("stats")
     stats = parent.recv()
+    parent.send("scrape")
+    first = parent.recv()
+    parent.send("scrape")
+    second = parent.recv()
     parent.send("stop")
     server.join(30)
     applied = stats["applied"]
@@ -315,7 +324,8 @@ def collector_run(ctx: Any, cpus: tuple[int, int], args: argparse.Namespace,
             "per_cpu_s": applied / cpu if cpu else 0.0,
             "classifier_apply_s": stats["apply_seconds"],
             "classifier_share": stats["apply_seconds"] / cpu if cpu else 0.0,
-            "pairs": stats["pairs"]}
+            "pairs": stats["pairs"], "scrape_series": first["series"],
+            "first_scrape_s": first["scrape_s"], "second_scrape_s": second["scrape_s"]}
 
 
 async def _fill(address: str, agents: int, probes: int, batch: int) -> None:
@@ -411,6 +421,8 @@ def main() -> None:
         "collector_without_details": bare_details,
         "memory": memory,
         "ratio_collector_to_bare": collector["per_s"] / bare["per_s"] if bare["per_s"] else 0.0,
+        "details_cpu_share": (1 - collector["per_cpu_s"] / bare_details["per_cpu_s"]
+                              if bare_details["per_cpu_s"] else 0.0),
         "targets": {"collector_results_per_s": 250_000, "bytes_per_pair": 2048},
         "total_wall_s": time.monotonic() - started,
     }
@@ -430,11 +442,14 @@ def main() -> None:
         print(f"{row[0]:32} {row[1]:>12} {row[2]:>14} {row[3]:>7}")
     print(f"collector / bare: {figures['ratio_collector_to_bare']:.2f}; classifier.apply share "
           f"of collector CPU: {collector['classifier_share']:.0%} "
-          f"({collector['classifier_apply_s']:.1f} s, of which details_of is the difference "
-          f"to the no-details run: {bare_details['classifier_share']:.0%}); duplicates: "
+          f"({collector['classifier_apply_s']:.1f} s); per-kind details cost "
+          f"{figures['details_cpu_share']:.0%} of the collector's CPU per result; duplicates: "
           f"{collector['duplicates']:.0f}; pairs: {collector['pairs']:.0f}")
     print(f"memory: {memory['pairs']:,.0f} pairs, RSS +{memory['rss_delta_bytes'] / 2**20:.1f} "
           f"MiB, {memory['bytes_per_pair']:,.0f} bytes per pair (target < 2048)")
+    for name, run in (("scrape", collector), ("scrape, no per-kind details", bare_details)):
+        print(f"{name}: {run['pairs']:,.0f} pairs, {run['scrape_series']:,.0f} series, first "
+              f"{run['first_scrape_s']:.2f} s, second {run['second_scrape_s']:.2f} s")
     print(json.dumps(figures))
 
 

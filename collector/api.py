@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING, Any, Self
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from .config import split_host_port
-from .errors import AlreadyRunningError, JournalError, ServiceError
+from probenet.addresses import format_host, split_listen
+from probenet.httpserve import serve_app
+from probenet.lifecycle import EnterOnce
+
+from .errors import JournalError, LifecycleError, ServiceError
 from .model import AgentView, OutageRecord
 
 if TYPE_CHECKING:
@@ -86,21 +89,20 @@ class HttpApi:
                  ready: Callable[[], bool],
                  registered_agents: Sequence[tuple[str, str]] = ()) -> None:
         """`ready` answers /readyz; `registered_agents` (id, region) list never-seen agents."""
-        self._host, self._port = split_host_port(address)
+        self._host, self._port = split_listen(address)
         self._classifier = classifier
         self._journal = journal
         self._registry = registry
         self._ready = ready
         self._registered = tuple(registered_agents)
         self._runner: web.AppRunner | None = None
-        self._entered = False
+        self._lifecycle = EnterOnce("HttpApi", LifecycleError)
         self.port = 0
 
     @property
     def url(self) -> str:
         """Base URL of the bound server, e.g. http://127.0.0.1:9464."""
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}"
+        return f"http://{format_host(self._host)}:{self.port}"
 
     def app(self) -> web.Application:
         """The aiohttp application (exposed for tests with aiohttp's test client)."""
@@ -116,28 +118,21 @@ class HttpApi:
 
     async def __aenter__(self) -> Self:
         """Bind and start serving."""
-        if self._entered:
-            raise AlreadyRunningError("the HTTP API was already started")
-        self._entered = True
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
-                               shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
+        self._lifecycle.enter()
         try:
-            await site.start()
+            site = await serve_app(self.app(), self._host, self._port)
         except OSError as exc:
-            await runner.cleanup()
             raise ServiceError(f"cannot listen on HTTP {self._host}:{self._port}: "
                                f"{exc.strerror}") from exc
-        self._runner = runner
-        server = site._server  # noqa: SLF001 - aiohttp exposes no public bound-port accessor
-        sockets = getattr(server, "sockets", None) or ()
-        self.port = int(sockets[0].getsockname()[1]) if sockets else self._port
+        self._runner = site.runner
+        self.port = site.port
         log.info("HTTP listening", extra={"url": self.url})
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         """Stop serving (idempotent)."""
+        if not self._lifecycle.leave():
+            return
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()

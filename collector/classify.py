@@ -9,10 +9,11 @@ settled as written on each method below. The layers, bottom up:
                           the probe's interval
     agent                 stale (silent for stale_after_intervals x its interval), impaired
                           (its own network is broken), or counted
-    (probe, region)       majority of the region's fresh, counted agents, the lone-agent rule,
-                          then recovery hysteresis
+    (probe, region)       majority of the region's fresh, counted agents (`region_vote`), the
+                          lone-agent rule (`down_stands_alone`), then recovery hysteresis
     probe                 up / regional_outage / global_outage / unknown, flapping
-    records               probe, service, region_isolated and monitoring_degraded outages
+    records               probe, service, region_isolated and monitoring_degraded outages,
+                          built and changed by OutageRecord's builders (collector/model.py)
 
 Hot path: `apply` for a success on a pair that is already up, fresh and not recovering only
 stores the sample; everything else goes through the slow path, which evaluates impairment
@@ -36,11 +37,10 @@ Points settled here (DESIGN.md and the lead's notes leave them open):
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .model import (
     PHASE_NAMES,
@@ -56,10 +56,11 @@ from .model import (
     TargetState,
     TargetView,
     Transition,
+    widest,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
 
 class ResultLike(Protocol):
@@ -135,7 +136,6 @@ class PairSample:
     duration_seconds: float
     status_code: int
     at: float
-    details: Any  # whatever `details_of` returned for the latest result (None if not set)
 
 
 def new_outage_id() -> str:
@@ -161,16 +161,34 @@ def target_state(verdicts: Iterable[RegionVerdict], params: ClassificationParams
     return TargetState.REGIONAL_OUTAGE
 
 
+def region_vote(up: int, down: int) -> RegionVerdict:
+    """A region's verdict for a probe from the verdicts of its fresh, unimpaired agents.
+
+    `up` and `down` count those agents by verdict. Down only on a strict majority of down;
+    a tie is up (someone in the region reaches the target); unknown with no such agent.
+    """
+    if down > up:
+        return RegionVerdict.DOWN
+    return RegionVerdict.UP if up else RegionVerdict.UNKNOWN
+
+
+def down_stands_alone(up: int, down: int, streak: int) -> bool:
+    """Whether a region's down vote counts without another region seeing the probe down.
+
+    `up` and `down` count the region's firm votes (DESIGN.md's lone-agent rule, widened to
+    leave out suspects' votes and down verdicts not yet confirmed again after impairment);
+    `streak` is the confirmed failures in a row of a lone down agent. The vote stands alone
+    when a strict majority of firm votes say down and it is not a single agent's single
+    confirmed failure: a lone agent needs 2 confirmed failures in a row.
+    """
+    return down > up and (up + down > 1 or streak >= 2)  # down > up: region_vote says down
+
+
 def phase_name(index: int) -> str | None:
     """The JSON name of a wire phase index; None for "no phase" or an index out of range."""
     if 0 < index < len(PHASE_NAMES):
         return PHASE_NAMES[index]
     return None
-
-
-def _ended(record: OutageRecord, now: float) -> OutageRecord:
-    """The record resolved at `now` (never before it was detected, whatever the clock did)."""
-    return dataclasses.replace(record, ended_at=max(now, record.detected_at))
 
 
 # A pair's verdict. Small ints: the hot path compares them.
@@ -187,7 +205,13 @@ _OUTAGE_STATES = frozenset({TargetState.REGIONAL_OUTAGE, TargetState.GLOBAL_OUTA
 # (agent clock badly off); the receipt time stands in for it.
 _CLOCK_TRUST_S = 60.0
 
-_FailureKey = tuple[str | None, str | None]
+_FailureKey = tuple[str | None, str | None]  # (phase, reason)
+
+
+def _most_seen(counts: Mapping[_FailureKey, int],
+               default: _FailureKey = (None, None)) -> _FailureKey:
+    """The failure counted most (the first one counted on a tie); `default` when none is."""
+    return max(counts, key=counts.__getitem__, default=default)
 
 
 class _Agent:
@@ -270,9 +294,81 @@ class _RegionState:
         self.pairs: list[_Pair] = []
         self.verdict = _V_UNKNOWN
         self.raw = _V_UNKNOWN  # the majority verdict, before the lone-agent rule
-        self.weak = False  # raw down on one agent's single confirmed failure
+        self.weak = False  # raw down that does not stand alone (needs another region down)
         self.down_memory = False  # last known verdict was down: recovery needs up evaluations
         self.up_streak = 0
+
+
+def _vote(regions: Iterable[_RegionState]) -> int:
+    """Each region's vote (`raw`, and `weak` when down); returns how many regions vote down.
+
+    The voters are the region's fresh, counted agents. Firm votes are the ones the lone-agent
+    rule weighs: not a suspect's, and a down vote confirmed since the agent last counted
+    (streak 0: carried over from impairment). One loop over every region of the probe: this
+    runs on every slow-path result.
+    """
+    voting_down = 0
+    for region in regions:
+        up = down = firm_up = firm_down = streak = 0
+        for pair in region.pairs:
+            verdict = pair.verdict
+            if verdict and pair.fresh:
+                agent = pair.agent_state
+                if agent.counted:
+                    if verdict == _DOWN:
+                        down += 1
+                        if pair.streak and not agent.suspect:
+                            firm_down += 1
+                            streak = pair.streak
+                    else:
+                        up += 1
+                        if not agent.suspect:
+                            firm_up += 1
+        raw = region.raw = region_vote(up, down)
+        if raw is _V_DOWN:
+            voting_down += 1
+            region.weak = not down_stands_alone(firm_up, firm_down, streak)
+    return voting_down
+
+
+def _settle(regions: Iterable[_RegionState], *, corroborated: bool,
+            trigger: _RegionState | None, recover_after: int) -> bool:
+    """Each region's verdict from its vote: the lone-agent rule, then recovery hysteresis.
+
+    `corroborated`: at least two regions vote down. `trigger`: the region whose counted
+    agent just sent an up result (only such evaluations count towards recovery). Returns
+    True if any region's verdict changed.
+    """
+    changed = False
+    for region in regions:
+        raw = region.raw
+        if raw is _V_DOWN and region.weak and not corroborated:
+            # Not firm (a lone agent's first failure, suspects), and seen nowhere else.
+            # Still a down vote: it breaks a recovery's run of ups.
+            region.up_streak = 0
+            raw = _V_UP
+        if raw is _V_DOWN:
+            region.down_memory = True
+            region.up_streak = 0
+            verdict = _V_DOWN
+        elif raw is _V_UP:
+            verdict = _V_UP
+            if region.down_memory:
+                # A down region needs recover_after up evaluations before it counts as up.
+                if region is trigger:
+                    region.up_streak += 1
+                if region.up_streak >= recover_after:
+                    region.down_memory = False
+                    region.up_streak = 0
+                else:
+                    verdict = _V_DOWN
+        else:
+            region.up_streak = 0
+            verdict = _V_UNKNOWN
+        if verdict is not region.verdict:
+            region.verdict = verdict
+            changed = True
+    return changed
 
 
 class _ProbeOutage:
@@ -283,8 +379,7 @@ class _ProbeOutage:
     def __init__(self, record: OutageRecord, counts: dict[_FailureKey, int]) -> None:
         self.record = record
         self.counts = counts
-        self.top: _FailureKey = max(counts, key=counts.__getitem__) if counts else (
-            record.phase, record.reason)
+        self.top: _FailureKey = _most_seen(counts, (record.phase, record.reason))
 
 
 class _Probe:
@@ -322,6 +417,14 @@ class _Probe:
             found = self.regions[name] = _RegionState(name)
         return found
 
+    def down_regions(self) -> list[str]:
+        """Regions whose verdict is down."""
+        return [region.name for region in self.regions.values() if region.verdict is _V_DOWN]
+
+    def outage_scope(self) -> Scope:
+        """The scope of the probe's outage: global in a global outage, else regional."""
+        return Scope.GLOBAL if self.state is TargetState.GLOBAL_OUTAGE else Scope.REGIONAL
+
     def view(self) -> TargetView:
         """The /api/v1/targets entry."""
         return TargetView(
@@ -355,7 +458,7 @@ class _Pair(PairSample):
 
     def __init__(self, agent: _Agent, probe: _Probe, target: str, kind: str, now: float) -> None:
         PairSample.__init__(self, agent.id, agent.region, probe.name, target, kind, False, 0.0,
-                            0, now, None)
+                            0, now)
         self.agent_state = agent
         self.probe_state = probe
         self.region_state = probe.region(agent.region)
@@ -392,12 +495,10 @@ class Classifier:
         params: ClassificationParams,
         *,
         new_id: Callable[[], str] = new_outage_id,
-        details_of: Callable[[ResultLike], Any] | None = None,
     ) -> None:
-        """`new_id` makes outage ids; `details_of` extracts kind-specific facts to keep."""
+        """`new_id` makes outage ids."""
         self._params = params
         self._new_id = new_id
-        self._details_of = details_of
         self._agents: dict[str, _Agent] = {}
         self._agents_by_region: dict[str, list[_Agent]] = {}
         self._probes: dict[str, _Probe] = {}
@@ -425,40 +526,12 @@ class Classifier:
         self._restored_at = now
         ordered = sorted((r for r in open_outages if r.active),
                          key=lambda r: (r.started_at, r.detected_at, r.id))
-        duplicates: list[OutageRecord] = []
         services: list[OutageRecord] = []
         for record in ordered:
-            if record.kind is OutageKind.PROBE and record.probe is not None:
-                probe = self._probe(record.probe)
-                if probe.outage is not None:
-                    duplicates.append(record)
-                    continue
-                if record.service:
-                    probe.service = record.service
-                    self._service_probes.setdefault(record.service, set()).add(probe.name)
-                for name in record.regions:
-                    probe.region(name).down_memory = True
-                probe.outage = _ProbeOutage(record, {(record.phase, record.reason): 1})
-            elif record.kind is OutageKind.SERVICE and record.service:
-                if record.service in self._services:
-                    duplicates.append(record)
-                    continue
+            if not self._adopt(record):
+                self._emit_outage(OutageEvent.RESOLVED, record.ended(now), now)
+            elif record.kind is OutageKind.SERVICE:
                 services.append(record)
-                self._services[record.service] = _SideRecord(record, restored=True)
-            elif record.kind is OutageKind.REGION_ISOLATED and record.region:
-                if record.region in self._isolated:
-                    duplicates.append(record)
-                    continue
-                self._isolated[record.region] = _SideRecord(record, restored=True)
-            elif record.kind is OutageKind.MONITORING_DEGRADED:
-                if self._degraded is not None:
-                    duplicates.append(record)
-                    continue
-                self._degraded = _SideRecord(record, restored=True)
-            else:
-                duplicates.append(record)  # malformed: names nothing it could be about
-        for record in duplicates:
-            self._emit_outage(OutageEvent.RESOLVED, _ended(record, now), now)
         for record in services:
             assert record.service is not None
             known = self._service_probes.setdefault(record.service, set())
@@ -466,6 +539,30 @@ class Classifier:
             for name in record.probes:
                 self._probe(name).service = record.service
             self._reconcile_service(record.service, now)
+
+    def _adopt(self, record: OutageRecord) -> bool:
+        """Take one open record from the journal; False for a duplicate or a malformed one."""
+        kind = record.kind
+        if kind is OutageKind.PROBE and record.probe is not None:
+            probe = self._probe(record.probe)
+            if probe.outage is not None:
+                return False
+            if record.service:
+                probe.service = record.service
+                self._service_probes.setdefault(record.service, set()).add(probe.name)
+            for name in record.regions:
+                probe.region(name).down_memory = True
+            probe.outage = _ProbeOutage(record, {(record.phase, record.reason): 1})
+            return True
+        side = _SideRecord(record, restored=True)
+        if kind is OutageKind.SERVICE and record.service:
+            return self._services.setdefault(record.service, side) is side
+        if kind is OutageKind.REGION_ISOLATED and record.region:
+            return self._isolated.setdefault(record.region, side) is side
+        if kind is OutageKind.MONITORING_DEGRADED and self._degraded is None:
+            self._degraded = side
+            return True
+        return False  # a duplicate, or names nothing it could be about
 
     def agent_connected(self, agent_id: str, region: str, labels: Mapping[str, str],
                         interval_s: float, now: float) -> None:
@@ -497,22 +594,12 @@ class Classifier:
         if agent is not None:
             agent.connected = False
 
-    @property
-    def details_of(self) -> Callable[[ResultLike], Any] | None:
-        """The `details_of` hook given at construction (None: no details are kept)."""
-        return self._details_of
-
-    def apply(self, agent_id: str, results: Iterable[ResultLike], now: float,
-              details: Sequence[Any] | None = None) -> int:
+    def apply(self, agent_id: str, results: Iterable[ResultLike], now: float) -> int:
         """Apply a batch of one connected agent's results (already deduplicated).
 
         Returns the number applied. The hot path: most results change nothing but the
         pair's latest sample and must cost a few microseconds. Raises ValueError for an
         agent that never said hello (the ingest calls `agent_connected` first).
-
-        `details`, when given, holds what to keep for each result, in order, instead of what
-        `details_of` would return for it (the ingest computes it more cheaply); it is ignored
-        when the classifier was built without `details_of`.
         """
         agent = self._agents.get(agent_id)
         if agent is None:
@@ -522,8 +609,6 @@ class Classifier:
             if results:
                 self._revive(agent, now)
         pairs = agent.pairs
-        details_of = self._details_of
-        kept = details if details_of is not None else None
         up = _UP
         applied = 0
         for result in results:
@@ -535,10 +620,6 @@ class Classifier:
             pair.status_code = result.status_code
             pair.interval_ms = result.interval_ms
             pair.stamp_ms = result.timestamp_ms
-            if kept is not None:
-                pair.details = kept[applied]
-            elif details_of is not None:
-                pair.details = details_of(result)
             applied += 1
             if result.success:
                 pair.success = True
@@ -899,62 +980,10 @@ class Classifier:
         """
         params = self._params
         regions = probe.regions.values()
-        raw_down = 0
-        for region in regions:
-            eligible = down = firm_eligible = firm_down = firm_streak = 0
-            for pair in region.pairs:
-                vote = pair.verdict
-                if vote and pair.fresh:
-                    agent = pair.agent_state
-                    if agent.counted:
-                        eligible += 1
-                        if vote == _DOWN:
-                            down += 1
-                        # Firm votes: not a suspect's, and a down vote confirmed since
-                        # the agent last counted (streak 0: carried over from impairment).
-                        if not agent.suspect and (vote != _DOWN or pair.streak):
-                            firm_eligible += 1
-                            if vote == _DOWN:
-                                firm_down += 1
-                                firm_streak = pair.streak
-            if eligible == 0:
-                region.raw = _V_UNKNOWN
-            elif 2 * down > eligible:
-                region.raw = _V_DOWN
-                raw_down += 1
-                # Firm: a majority without suspects, and not one agent's single failure.
-                region.weak = not (2 * firm_down > firm_eligible
-                                   and (firm_eligible > 1 or firm_streak >= 2))
-            else:
-                region.raw = _V_UP
-        changed = False
-        for region in regions:
-            raw = region.raw
-            if raw is _V_DOWN and region.weak and raw_down < 2:
-                # Not firm (a lone agent's first failure, suspects), and seen nowhere else.
-                # Still a down vote: it breaks a recovery's run of ups.
-                region.up_streak = 0
-                raw = _V_UP
-            if raw is _V_DOWN:
-                region.down_memory = True
-                region.up_streak = 0
-                verdict = _V_DOWN
-            elif raw is _V_UP:
-                verdict = _V_UP
-                if region.down_memory:
-                    if region is trigger:
-                        region.up_streak += 1
-                    if region.up_streak >= params.recover_after:
-                        region.down_memory = False
-                        region.up_streak = 0
-                    else:
-                        verdict = _V_DOWN
-            else:
-                region.up_streak = 0
-                verdict = _V_UNKNOWN
-            if verdict is not region.verdict:
-                region.verdict = verdict
-                changed = True
+        # "Another region sees the probe down too": two regions vote down, firm or not.
+        corroborated = _vote(regions) >= 2
+        changed = _settle(regions, corroborated=corroborated, trigger=trigger,
+                          recover_after=params.recover_after)
         state = target_state((r.verdict for r in regions), params)
         if state is not probe.state:
             probe.state = state
@@ -1010,7 +1039,7 @@ class Classifier:
                 self._update_probe_outage(probe, outage, now)
         elif state is TargetState.UP and outage is not None and not probe.flapping:
             probe.outage = None
-            record = _ended(outage.record, now)
+            record = outage.record.ended(now)
             self._emit_outage(OutageEvent.RESOLVED, record, now)
             if record.service:
                 self._reconcile_service(record.service, now)
@@ -1035,37 +1064,20 @@ class Classifier:
         return pair.first_fail_at
 
     def _open_probe_outage(self, probe: _Probe, now: float) -> None:
+        """A record for the probe's outage, started at the earliest failure behind it."""
         counts: dict[_FailureKey, int] = {}
         started = now
         for pair in self._failing_pairs(probe):
             key = (phase_name(pair.fail_phase), pair.fail_reason or None)
             counts[key] = counts.get(key, 0) + 1
             started = min(started, self._first_failure_s(pair))
-        scope = Scope.GLOBAL if probe.state is TargetState.GLOBAL_OUTAGE else Scope.REGIONAL
-        down = tuple(sorted(r.name for r in probe.regions.values() if r.verdict is _V_DOWN))
-        outage = _ProbeOutage(
-            OutageRecord(
-                id=self._new_id(),
-                kind=OutageKind.PROBE,
-                probe=probe.name,
-                service=probe.service,
-                region=None,
-                probes=(),
-                scope=scope,
-                peak_scope=scope,
-                regions=down,
-                regions_ever=down,
-                phase=None,
-                reason=None,
-                started_at=started,
-                detected_at=now,
-            ),
-            counts,
-        )
-        outage.record = dataclasses.replace(outage.record, phase=outage.top[0],
-                                             reason=outage.top[1])
-        probe.outage = outage
-        self._emit_outage(OutageEvent.OPENED, outage.record, now)
+        phase, reason = _most_seen(counts)
+        record = OutageRecord.probe_outage(
+            self._new_id(), probe.name, service=probe.service, scope=probe.outage_scope(),
+            regions=probe.down_regions(), phase=phase, reason=reason, started_at=started,
+            detected_at=now)
+        probe.outage = _ProbeOutage(record, counts)
+        self._emit_outage(OutageEvent.OPENED, record, now)
         if probe.service:
             self._reconcile_service(probe.service, now)
 
@@ -1073,17 +1085,9 @@ class Classifier:
         if probe.state not in _OUTAGE_STATES:
             return  # up (held open while flapping) or unknown: keep what it last showed
         old = outage.record
-        scope = Scope.GLOBAL if probe.state is TargetState.GLOBAL_OUTAGE else Scope.REGIONAL
-        down = tuple(sorted(r.name for r in probe.regions.values() if r.verdict is _V_DOWN))
-        record = dataclasses.replace(
-            old,
-            scope=scope,
-            peak_scope=Scope.GLOBAL if Scope.GLOBAL in (scope, old.peak_scope) else scope,
-            regions=down,
-            regions_ever=tuple(sorted(set(old.regions_ever).union(down))),
-            phase=outage.top[0],
-            reason=outage.top[1],
-        )
+        scope = probe.outage_scope()
+        record = (old.with_scope(scope).with_regions(probe.down_regions())
+                  .with_failure(*outage.top))
         if record == old:
             return
         outage.record = record
@@ -1115,47 +1119,28 @@ class Classifier:
         if not open_records:
             assert side is not None
             del self._services[service]
-            ended = _ended(side.record, now)
-            self._emit_outage(OutageEvent.RESOLVED, ended, now)
+            self._emit_outage(OutageEvent.RESOLVED, side.record.ended(now), now)
             return
-        scope = (Scope.GLOBAL if any(r.scope is Scope.GLOBAL for r in open_records)
-                 else Scope.REGIONAL)
-        regions = tuple(sorted({name for r in open_records for name in r.regions}))
+        # The service record sums up its probes' records: the widest scope, every region
+        # down, the failure most of them show.
+        scope = widest(*(r.scope for r in open_records))
+        regions = {name for r in open_records for name in r.regions}
         failures: dict[_FailureKey, int] = {}
         for r in open_records:
             failures[r.phase, r.reason] = failures.get((r.phase, r.reason), 0) + 1
-        phase, reason = max(failures, key=failures.__getitem__)
+        phase, reason = _most_seen(failures)
         if side is None:
-            record = OutageRecord(
-                id=self._new_id(),
-                kind=OutageKind.SERVICE,
-                probe=None,
-                service=service,
-                region=None,
-                probes=tuple(members),
-                scope=scope,
-                peak_scope=scope,
-                regions=regions,
-                regions_ever=tuple(sorted({n for r in open_records for n in r.regions_ever})),
-                phase=phase,
-                reason=reason,
-                started_at=min(*(r.started_at for r in open_records), now),
-                detected_at=now,
-            )
+            record = OutageRecord.service_outage(
+                self._new_id(), service, probes=members, scope=scope, regions=regions,
+                regions_ever={name for r in open_records for name in r.regions_ever},
+                phase=phase, reason=reason,
+                started_at=min(r.started_at for r in open_records), detected_at=now)
             self._services[service] = _SideRecord(record)
             self._emit_outage(OutageEvent.OPENED, record, now)
             return
         old = side.record
-        record = dataclasses.replace(
-            old,
-            probes=tuple(members),
-            scope=scope,
-            peak_scope=Scope.GLOBAL if Scope.GLOBAL in (scope, old.peak_scope) else scope,
-            regions=regions,
-            regions_ever=tuple(sorted(set(old.regions_ever).union(regions))),
-            phase=phase,
-            reason=reason,
-        )
+        record = (old.with_probes(members).with_scope(scope).with_regions(regions)
+                  .with_failure(phase, reason))
         if record != old:
             side.record = record
             event = OutageEvent.SCOPE_CHANGED if scope is not old.scope else OutageEvent.UPDATED
@@ -1181,22 +1166,7 @@ class Classifier:
         side = self._isolated.get(region)
         if self._isolation_holds(region):
             if side is None:
-                record = OutageRecord(
-                    id=self._new_id(),
-                    kind=OutageKind.REGION_ISOLATED,
-                    probe=None,
-                    service=None,
-                    region=region,
-                    probes=(),
-                    scope=Scope.REGIONAL,
-                    peak_scope=Scope.REGIONAL,
-                    regions=(region,),
-                    regions_ever=(region,),
-                    phase=None,
-                    reason=None,
-                    started_at=now,
-                    detected_at=now,
-                )
+                record = OutageRecord.region_isolated(self._new_id(), region, at=now)
                 self._isolated[region] = _SideRecord(record)
                 self._emit_outage(OutageEvent.OPENED, record, now)
             else:
@@ -1209,8 +1179,7 @@ class Classifier:
                 for a in self._agents_by_region.get(region, ())):
             return  # adopted after a restart: wait for an agent of the region to vouch
         del self._isolated[region]
-        self._emit_outage(OutageEvent.RESOLVED, _ended(side.record, now),
-                          now)
+        self._emit_outage(OutageEvent.RESOLVED, side.record.ended(now), now)
 
     def _reconcile_degraded(self, now: float) -> None:
         agents = self._agents.values()
@@ -1220,30 +1189,13 @@ class Classifier:
         regions = tuple(sorted({a.region for a in troubled}))
         if holds:
             if side is None:
-                record = OutageRecord(
-                    id=self._new_id(),
-                    kind=OutageKind.MONITORING_DEGRADED,
-                    probe=None,
-                    service=None,
-                    region=None,
-                    probes=(),
-                    scope=Scope.GLOBAL,
-                    peak_scope=Scope.GLOBAL,
-                    regions=regions,
-                    regions_ever=regions,
-                    phase=None,
-                    reason=None,
-                    started_at=now,
-                    detected_at=now,
-                )
+                record = OutageRecord.monitoring_degraded(self._new_id(), regions, at=now)
                 self._degraded = _SideRecord(record)
                 self._emit_outage(OutageEvent.OPENED, record, now)
                 return
             side.restored = False
             old = side.record
-            record = dataclasses.replace(
-                old, regions=regions,
-                regions_ever=tuple(sorted(set(old.regions_ever).union(regions))))
+            record = old.with_regions(regions)
             if record != old:
                 side.record = record
                 self._emit_outage(OutageEvent.UPDATED, record, now)
@@ -1258,8 +1210,7 @@ class Classifier:
             if now - self._restored_at < window:
                 return
         self._degraded = None
-        self._emit_outage(OutageEvent.RESOLVED, _ended(side.record, now),
-                          now)
+        self._emit_outage(OutageEvent.RESOLVED, side.record.ended(now), now)
         # Outages that were held back open now if their evidence still holds.
         for name in sorted(self._probes):
             self._reconcile_outage(self._probes[name], now, changed=False)

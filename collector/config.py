@@ -19,7 +19,6 @@ they are about.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import socket
 from pathlib import Path
@@ -28,9 +27,13 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
+from probenet.addresses import is_loopback_host, split_listen
 from probenet.configfile import (
     Duration,
     FrozenModel,
+    Labels,
+    ListenAddress,
+    Name,
     Path_,
     load_model,
     load_text,
@@ -40,7 +43,6 @@ from probenet.configfile import (
 from .model import ClassificationParams
 
 MIB = 1024 * 1024
-_NAME_MAX = 128
 
 
 def _config_path(value: str, info: ValidationInfo) -> str:
@@ -63,61 +65,11 @@ ExistingFile = Annotated[str, AfterValidator(_existing_file)]
 """A path that must name an existing file when the config is loaded."""
 
 
-def split_host_port(value: str) -> tuple[str, int]:
-    """Split `host:port` or `[v6]:port`; raise ValueError naming what is wrong."""
-    text = value.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ValueError(f"{value!r} is not host:port (write IPv6 as [::1]:7070)")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:7070)")
-        if ":" in host:
-            raise ValueError(f"{value!r}: write an IPv6 address in brackets, like [::1]:7070")
-    if not host:
-        raise ValueError(f"{value!r} has no host (use 0.0.0.0 to listen on every address)")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"{value!r} has no valid port (0-65535)")
-    return host, int(port_text)
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for `localhost`, 127.0.0.0/8 and ::1; false for every other name or address."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _host_port(value: str) -> str:
-    split_host_port(value)
-    return value.strip()
-
-
-HostPort = Annotated[str, AfterValidator(_host_port)]
-
-
-def _name(value: str) -> str:
-    if not value or len(value) > _NAME_MAX or not value.isprintable() or value != value.strip():
-        raise ValueError(
-            f"{value!r} is not a valid name (1-{_NAME_MAX} printable characters, "
-            "no surrounding spaces)")
-    return value
-
-
-Name = Annotated[str, AfterValidator(_name)]
-
-
 class ListenConfig(FrozenModel):
     """Where the collector listens: gRPC for agents, HTTP for /metrics and the API."""
 
-    grpc: HostPort = "127.0.0.1:7070"
-    http: HostPort = "127.0.0.1:9464"
+    grpc: ListenAddress = "127.0.0.1:7070"
+    http: ListenAddress = "127.0.0.1:9464"
 
 
 class TlsConfig(FrozenModel):
@@ -134,7 +86,7 @@ class AgentEntry(FrozenModel):
     id: Name
     region: Name
     token_file: ExistingFile | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
 
 
 class ClassificationConfig(FrozenModel):
@@ -278,7 +230,7 @@ class CollectorConfig(FrozenModel):
     @property
     def grpc_on_loopback(self) -> bool:
         """True when the gRPC listener only accepts connections from this machine."""
-        return is_loopback_host(split_host_port(self.listen.grpc)[0])
+        return is_loopback_host(split_listen(self.listen.grpc)[0])
 
     def agent(self, agent_id: str) -> AgentEntry | None:
         """The registry entry of `agent_id`, if any."""

@@ -1,14 +1,15 @@
-"""Per-kind result facts, kept per (agent, probe) and exported under blackbox_exporter's names.
+"""Per-kind result details: the latest of each (agent, probe) pair, exported at scrape time.
 
-Two halves. At ingest, `details_of(result)` keeps the result's wire bytes when it has
-anything kind-specific (keeping the protobuf message itself would pin its whole batch in
-memory, and decoding every field of every result costs ten times more than re-serializing
-it); the classifier stores them as `PairSample.details`. The gRPC ingest goes one better:
-it keeps the bytes each result arrived as (read from a second, cheap parse of the batch),
-with the same test. At scrape time, `kind_metric_families(samples)` decodes the latest
-bytes of each pair once (`facts_of`, into a small slotted value that replaces the bytes
-until the next result) and turns them into metric families. Scrapes are rare and results
-many: the decoding cost moves to where it is paid once per scrape, not once per result.
+The ingest fills `LatestDetails` once a batch is accepted: for each pair, the wire bytes of
+its latest result (read from a second, cheap parse of the batch, `probenet.v1.ingest_wire`;
+keeping the protobuf message itself would pin its whole batch in memory, and decoding every
+field of every result costs ten times more than keeping its bytes). At scrape time,
+`KindDetailsMetrics`, a prometheus_client collector, joins the classifier's live pairs with
+the store: the bytes of each pair are decoded once (`facts_of`, into a small slotted value
+that replaces the bytes until the next result), entries whose pair the classifier no longer
+has are dropped, and the facts become metric families with the pair's current labels.
+Scrapes are rare and results many: the decoding cost moves to where it is paid once per
+scrape, not once per result. The classifier knows nothing of any of this.
 
 Every family is labelled (probe, target, kind, region, agent), plus its own label where it
 has one:
@@ -42,28 +43,34 @@ the series count.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from probenet.v1 import probenet_pb2 as pb
 
+from .metrics import PAIR_LABELS
+
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Mapping
 
     from prometheus_client.core import Metric
 
-    from .classify import PairSample
+    from .classify import Classifier, PairSample
 
-PAIR_LABELS = ("probe", "target", "kind", "region", "agent")
+log = logging.getLogger(__name__)
 
 HTTP_PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 DNS_PHASES = ("resolve", "connect", "request")
 ICMP_PHASES = ("resolve", "setup", "rtt")
 KNOWN_PHASES = frozenset((*HTTP_PHASES, *DNS_PHASES, *ICMP_PHASES))
+# Each known name to its one string: facts are kept per pair, a name read is a new string.
+_PHASE_NAMES = {name: name for name in KNOWN_PHASES}
 _PHASE_KINDS = frozenset(("http", "dns", "icmp"))  # kinds with a per-phase family
 SERVING_STATUSES = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
 ICMP_STATS = ("min", "avg", "max", "stddev")
@@ -87,7 +94,8 @@ class ResultFacts:
     """Timing phases a result's metrics need (kinds without a per-phase family: resolve only).
 
     The base of every facts value; subclasses add a kind's details. Not frozen, because a
-    frozen dataclass costs a third more to build on the ingest path: treat them as read-only.
+    frozen dataclass costs a third more to build, and a scrape builds one per pair: treat
+    them as read-only.
     """
 
     phases: Phases
@@ -149,8 +157,8 @@ class GrpcFacts(ResultFacts):
 def _phases(phases: Any) -> Phases:
     kept = []
     for phase in phases:
-        name, seconds = phase.name, phase.seconds
-        if name in KNOWN_PHASES and _finite(seconds):
+        name, seconds = _PHASE_NAMES.get(phase.name), phase.seconds
+        if name is not None and _finite(seconds):
             kept.append((name, seconds))
     return tuple(kept)
 
@@ -173,24 +181,6 @@ def _http_version(text: str) -> float:
     except ValueError:
         return 0.0
     return value if math.isfinite(value) and value > 0 else 0.0
-
-
-def details_of(result: Any) -> bytes | None:
-    """What to keep of one `probenet.v1.ProbeResult` for the per-kind metrics.
-
-    Called by the classifier for every result, so it only copies: None when the result has
-    neither details nor phases, else its wire bytes, decoded at scrape time by `facts_of`.
-    Objects that are not ProbeResult messages give None. The ingest keeps the bytes each
-    result arrived as instead when the classifier uses this hook (same test, same facts, no
-    re-serializing: `collector.ingest`).
-    """
-    try:
-        # Almost every result has phases: test them first, the oneof only when there are none.
-        if not result.phases and result.WhichOneof("details") is None:
-            return None
-        return result.SerializeToString()  # type: ignore[no-any-return]
-    except AttributeError:
-        return None
 
 
 def facts_of(result: Any) -> ResultFacts | None:
@@ -231,6 +221,96 @@ def _decode(wire: bytes) -> ResultFacts | None:
         return facts_of(pb.ProbeResult.FromString(wire))
     except DecodeError:
         return None
+
+
+class LatestDetails:
+    """The latest per-kind details of each (agent, probe) pair, as the ingest accepted them.
+
+    An entry holds the wire bytes of the pair's latest `probenet.v1.ProbeResult` until a
+    scrape decodes them into its `ResultFacts`, kept until the next result replaces them.
+    Each `join` keeps only the pairs it was given, so the store follows the classifier's
+    pairs and never outgrows them.
+    """
+
+    __slots__ = ("_by_agent", "_names")
+
+    def __init__(self) -> None:
+        """An empty store."""
+        self._by_agent: dict[str, dict[str, bytes | ResultFacts]] = {}
+        # One string per probe name, shared by every agent's entry: a name read from a
+        # message is a new string each time, and one per pair would cost 60 bytes a pair.
+        self._names: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        """Pairs with details kept."""
+        return sum(len(kept) for kept in self._by_agent.values())
+
+    def kept(self, agent_id: str, probe: str) -> bytes | ResultFacts | None:
+        """What is kept for the pair now: wire bytes, or their facts once a scrape read them."""
+        return self._by_agent.get(agent_id, {}).get(probe)
+
+    def update(self, agent_id: str, latest: Mapping[str, bytes]) -> None:
+        """Keep `latest`: probe -> wire bytes of the agent's latest accepted result for it."""
+        kept = self._by_agent.get(agent_id)
+        if kept is None:
+            kept = self._by_agent[agent_id] = {}
+        size = len(kept)
+        kept.update(latest)
+        if len(kept) != size:  # new pairs (rare): key them all by the shared names
+            names = self._names
+            self._by_agent[agent_id] = {names.setdefault(probe, probe): details
+                                        for probe, details in kept.items()}
+
+    def join(self, samples: Iterable[PairSample]
+             ) -> Iterator[tuple[PairSample, ResultFacts | None]]:
+        """Each sample with its pair's facts (None when it has none), decoded once per result.
+
+        Pass every live pair (`Classifier.samples()`): once the iteration completes, the
+        entries of pairs that were not among `samples` are gone.
+        """
+        by_agent = self._by_agent
+        joined: dict[str, dict[str, bytes | ResultFacts]] = {}
+        names: dict[str, str] = {}
+        agent: str | None = None
+        kept: Mapping[str, bytes | ResultFacts] = {}
+        keep: dict[str, bytes | ResultFacts] = {}
+        for sample in samples:
+            if sample.agent != agent:
+                agent = sample.agent
+                kept = by_agent.get(agent, {})
+                keep = joined.setdefault(agent, {})
+            probe = sample.probe  # the classifier's string, one per probe name
+            names[probe] = probe
+            facts = kept.get(probe)
+            if isinstance(facts, bytes):
+                facts = _decode(facts)
+            if facts is not None:
+                keep[probe] = facts
+            yield sample, facts
+        self._by_agent = joined
+        self._names = names
+
+
+class KindDetailsMetrics(Collector):
+    """The per-kind families at scrape time: the classifier's pairs joined with `details`."""
+
+    def __init__(self, classifier: Classifier, details: LatestDetails) -> None:
+        """Read `classifier.samples()` (labels, status code) and `details` at each scrape."""
+        self._classifier = classifier
+        self._details = details
+
+    def describe(self) -> list[Metric]:
+        """Nothing: scrape-time families are not checked for name clashes upfront."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Every per-kind family; none (logged) if building them fails."""
+        try:
+            families = kind_metric_families(self._details.join(self._classifier.samples()))
+        except Exception:
+            log.exception("per-kind metrics failed; scrape continues without them")
+            return iter(())
+        return iter(families)
 
 
 class _Families:
@@ -331,18 +411,14 @@ def _export_icmp(families: _Families, labels: tuple[str, ...], facts: ResultFact
                          labels, seconds, extra=("stat",), extra_values=(stat,))
 
 
-def kind_metric_families(samples: Iterable[PairSample]) -> Iterator[Metric]:
-    """blackbox_exporter-compatible per-kind families for the latest sample of each pair.
+def kind_metric_families(pairs: Iterable[tuple[PairSample, ResultFacts | None]]
+                         ) -> list[Metric]:
+    """blackbox_exporter-compatible per-kind families: each pair's latest sample and facts.
 
-    Families without any sample are not yielded.
+    Families without any sample are left out.
     """
     families = _Families()
-    for sample in samples:
-        facts = sample.details
-        if isinstance(facts, bytes):
-            facts = _decode(facts)
-            # Decode once per result, not once per scrape: the next result replaces it.
-            sample.details = facts
+    for sample, facts in pairs:
         kind = sample.kind
         if facts is None and kind != "http":
             continue
@@ -368,4 +444,4 @@ def kind_metric_families(samples: Iterable[PairSample]) -> Iterator[Metric]:
                              "Health check serving status (1 for the current one).", labels,
                              1 if status == facts.serving_status else 0,
                              extra=("serving_status",), extra_values=(status,))
-    yield from families.by_name.values()
+    return list(families.by_name.values())

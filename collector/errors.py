@@ -3,7 +3,8 @@
     CollectorError                  every error the collector raises on purpose
     ├── JournalError                the SQLite journal cannot be opened, migrated or written
     ├── ServiceError                the service cannot start (address in use, bad TLS files)
-    │   └── AlreadyRunningError     a component was entered twice
+    ├── LifecycleError              a component was entered twice or used outside its
+    │                               context (also a probenet.lifecycle.LifecycleError)
     └── StreamRejectedError         one agent stream broke the protocol or failed to
                                     authenticate; carries the gRPC status and a reason
 
@@ -14,6 +15,8 @@ Config files raise `probenet.configfile.ConfigError` (shared with the agent). Fo
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from probenet import lifecycle
 
 if TYPE_CHECKING:
     import grpc
@@ -36,8 +39,12 @@ class ServiceError(CollectorError):
     """The collector service cannot start or stop cleanly."""
 
 
-class AlreadyRunningError(ServiceError):
-    """A long-lived component was entered a second time."""
+class LifecycleError(CollectorError, lifecycle.LifecycleError):
+    """A long-lived component was entered twice, or used outside its context.
+
+    Raised by `probenet.lifecycle.EnterOnce`; `component` names the component.
+    """
+
 
 
 class StreamRejectedError(CollectorError):

@@ -1,4 +1,4 @@
-"""MQTT events: committed outage transitions and the retained state of every probe, on a broker.
+"""MQTT events: the session that publishes the collector's outbox on a broker.
 
 Topics (`prefix` is `mqtt.topic_prefix`):
 
@@ -12,74 +12,63 @@ Topics (`prefix` is `mqtt.topic_prefix`):
                                       connection dies without a goodbye
 
 Topic levels. A probe name may hold characters MQTT gives a meaning to in topics (`/` splits
-levels, `+` and `#` are wildcards, NUL is forbidden). `topic_level` percent-encodes exactly
-`%`, `/`, `+`, `#` and NUL (`%25`, `%2F`, `%2B`, `%23`, `%00`) and leaves everything else as
-written, so `urllib.parse.unquote(level)` gives the name back; the payload always carries the
-original name. A probe `api/v2+beta#1` is published on `{prefix}/state/api%2Fv2%2Bbeta%231`.
+levels, `+` and `#` are wildcards, NUL is forbidden). `outbox.topic_level` percent-encodes
+exactly `%`, `/`, `+`, `#` and NUL (`%25`, `%2F`, `%2B`, `%23`, `%00`) and leaves everything
+else as written, so `urllib.parse.unquote(level)` gives the name back; the payload always
+carries the original name. A probe `api/v2+beta#1` is published on
+`{prefix}/state/api%2Fv2%2Bbeta%231`.
 
-Delivery. `submit` never blocks and never raises: it queues. One task publishes the queue in
-order, one message at a time; with QoS 1 or 2 a message counts as published (and leaves the
-queue) only when the broker acknowledged it (with QoS 0, once written to the socket). While
-the broker is away the collector keeps running and the publisher reconnects with capped,
-jittered exponential backoff (each change of connection state is logged once). Meanwhile:
+Delivery. `submit` never blocks and never raises: it adds to a `collector.outbox.Outbox`,
+which decides what waits, in what order, and what is lost (events bounded by `queue_size`,
+states merged per probe, an event cut off in flight put back at the head). This module is
+the session around it: one task connects, publishes the outbox in order, one message at a
+time, and reconnects with capped, jittered exponential backoff (`probenet.backoff`) while
+the collector keeps running; each change of connection state is logged once. With QoS 1 or 2
+a message counts as published only when the broker acknowledged it (with QoS 0, once written
+to the socket); an event whose publish was cut off is sent again after reconnecting, so with
+QoS 1 a consumer may see it twice and deduplicates on (`collector_id`, `seq`). After every
+(re)connect the newest state of every probe is published again (and, from `initial_states`,
+that of probes that had no change yet, stamped with the time it was first seen).
 
-- events wait in a queue of at most `queue_size` (plus the one being published); when it is
-  full the oldest waiting event is dropped and counted in
-  `probenet_mqtt_dropped_total{kind="event"}` (logged once per episode);
-- state changes are coalesced per probe (only the newest view of a probe waits), so they
-  never overflow the queue;
-- an event whose publish was cut off stays at the head of the queue and is sent again after
-  reconnecting: nothing is lost or reordered, but with QoS 1 a consumer may see an event twice
-  (the broker may have delivered it before the connection died). `seq` increases per
-  collector (it is the journal's event id), so consumers deduplicate on
-  (`collector_id`, `seq`);
-- after every (re)connect the newest state of every probe is published again (and, from
-  `initial_states`, that of probes that had no change yet, stamped with the time it was
-  first seen), so the retained state is current even when the broker restarted without
-  persistence.
+What is still queued when the publisher stops is counted as dropped (the journal keeps every
+event). TLS is used with `mqtts://` or when `mqtt.tls` is set; the password is read from
+`mqtt.password_file` when the publisher starts.
 
-What is still queued when the publisher stops is counted as dropped too (the journal keeps
-every event). TLS is used with `mqtts://` or when `mqtt.tls` is set; the password is read
-from `mqtt.password_file` when the publisher starts.
-
-Metrics (on the registry passed in): `probenet_mqtt_connected`,
-`probenet_mqtt_published_total{kind}`, `probenet_mqtt_dropped_total{kind}`,
-`probenet_mqtt_queue_depth`.
+Metrics (on the registry passed in, read from the outbox at scrape time):
+`probenet_mqtt_connected`, `probenet_mqtt_published_total{kind}`,
+`probenet_mqtt_dropped_total{kind}`, `probenet_mqtt_queue_depth`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import itertools
-import json
 import logging
-import random
 import ssl
 import time
-from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
 
 import aiomqtt
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from probenet.backoff import Backoff
+from probenet.lifecycle import EnterOnce
 
 from .config import MqttConfig, read_secret
-from .errors import AlreadyRunningError, ServiceError
-from .model import (
-    JournaledTransition,
-    OutageEvent,
-    OutageTransition,
-    TargetChange,
-    TargetView,
-    rfc3339,
-)
+from .errors import LifecycleError, ServiceError
+from .outbox import KINDS, Outbox, Queued, encode_json
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from types import TracebackType
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
+    from .model import JournaledTransition, TargetView
 
 log = logging.getLogger(__name__)
 # paho reports every socket error at ERROR; the publisher logs each connection change once
@@ -87,32 +76,11 @@ log = logging.getLogger(__name__)
 paho_log = logging.getLogger(f"{__name__}.paho")
 paho_log.setLevel(logging.CRITICAL)
 
-Kind = Literal["event", "state"]
-
-_LEVEL_ESCAPES = str.maketrans({"%": "%25", "/": "%2F", "+": "%2B", "#": "%23", "\0": "%00"})
-_PUBLISHED_EVENTS = frozenset({OutageEvent.OPENED, OutageEvent.SCOPE_CHANGED,
-                               OutageEvent.RESOLVED})
 # paho's blocking socket connect (and TLS handshake) gives up after 5 s by default.
 _SOCKET_CONNECT_TIMEOUT_S = 5.0
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 # A session that lasted this long was a real one: the next reconnect starts the backoff over.
 _STABLE_SESSION_S = 10.0
-
-
-def topic_level(name: str) -> str:
-    """`name` as one MQTT topic level: `%`, `/`, `+`, `#`, NUL percent-encoded (reversible)."""
-    return name.translate(_LEVEL_ESCAPES)
-
-
-def reconnect_delay(attempt: int, *, initial_s: float, max_s: float,
-                    rand: Callable[[], float] = random.random) -> float:
-    """Seconds to wait before reconnect `attempt` (1-based): capped exponential, jittered.
-
-    Between half and all of min(max_s, initial_s * 2**(attempt-1)); the jitter keeps a fleet
-    of collectors from reconnecting in step after a broker restart.
-    """
-    ceiling = min(max_s, initial_s * 2.0 ** min(max(attempt - 1, 0), 30))
-    return ceiling / 2 + rand() * ceiling / 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,17 +106,6 @@ class BrokerAddress:
     def __str__(self) -> str:
         """`host:port`, for logs."""
         return f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class _Outgoing:
-    """One message waiting to be published; `order` is its place in submit order."""
-
-    kind: Kind
-    key: str  # the probe for a state, the seq for an event
-    topic: str
-    payload: bytes
-    order: int
 
 
 class MqttPublisher:
@@ -179,56 +136,30 @@ class MqttPublisher:
         self._broker = BrokerAddress.parse(config.url)
         self._collector_id = collector_id
         self._client_id = config.client_id or f"probenet-collector-{collector_id}"
-        self._prefix = config.topic_prefix.rstrip("/")
-        self._queue_size = max(1, config.queue_size)
+        self._outbox = Outbox(collector_id=collector_id, topic_prefix=config.topic_prefix,
+                              capacity=max(1, config.queue_size))
         self._initial_states = initial_states
         self._clock = clock
-        self._reconnect_initial_s = reconnect_initial_s
-        self._reconnect_max_s = reconnect_max_s
+        self._backoff = Backoff(reconnect_initial_s, reconnect_max_s)
         self._operation_timeout_s = operation_timeout_s
         self._drain_timeout_s = drain_timeout_s
 
-        self._events: deque[_Outgoing] = deque()
-        self._states: OrderedDict[str, _Outgoing] = OrderedDict()
-        self._latest_states: dict[str, _Outgoing] = {}
-        self._in_flight: _Outgoing | None = None
-        self._order = itertools.count()
-        self._dropping = 0  # events dropped in the current overflow episode
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._password: str | None = None
         self._tls_context: ssl.SSLContext | None = None
         self._task_group: asyncio.TaskGroup | None = None
         self._run_task: asyncio.Task[None] | None = None
-        self._entered = False
-        self._closed = False
+        self._lifecycle = EnterOnce("MqttPublisher", LifecycleError)
         self._connected = False
-
-        self._connected_gauge = Gauge(
-            "probenet_mqtt_connected", "1 while connected to the MQTT broker",
-            registry=registry)
-        self._published = Counter(
-            "probenet_mqtt_published_total",
-            "MQTT messages the broker accepted (acknowledged with QoS 1 and 2)",
-            ["kind"], registry=registry)
-        self._dropped = Counter(
-            "probenet_mqtt_dropped_total",
-            "MQTT messages given up: the event queue overflowed, or the broker refused them",
-            ["kind"], registry=registry)
-        self._queue_depth = Gauge(
-            "probenet_mqtt_queue_depth", "MQTT messages waiting to be published",
-            registry=registry)
-        self._queue_depth.set_function(lambda: float(self.queue_depth))
-        for kind in ("event", "state"):
-            self._published.labels(kind=kind)
-            self._dropped.labels(kind=kind)
+        registry.register(_PublisherMetrics(self._outbox, lambda: self._connected))
 
     # -- the sink ---------------------------------------------------------------------------
 
     @property
     def queue_depth(self) -> int:
         """Messages waiting, including the one being published."""
-        return len(self._events) + len(self._states) + (self._in_flight is not None)
+        return self._outbox.depth
 
     @property
     def connected(self) -> bool:
@@ -236,109 +167,47 @@ class MqttPublisher:
         return self._connected
 
     def topic_for_state(self, probe: str) -> str:
-        """The retained state topic of `probe` (escaped, see `topic_level`)."""
-        return f"{self._prefix}/state/{topic_level(probe)}"
+        """The retained state topic of `probe` (escaped, see `outbox.topic_level`)."""
+        return self._outbox.topic_for_state(probe)
 
     @property
     def events_topic(self) -> str:
         """The topic of outage events."""
-        return f"{self._prefix}/events"
+        return self._outbox.events_topic
 
     @property
     def status_topic(self) -> str:
         """The retained online/offline topic of this collector."""
-        return f"{self._prefix}/status/{topic_level(self._collector_id)}"
+        return self._outbox.status_topic
 
     def submit(self, items: Sequence[JournaledTransition]) -> None:
         """Queue committed transitions, in order; never blocks, never raises."""
-        for item in items:
-            transition = item.transition
-            kind: Kind = "state" if isinstance(transition, TargetChange) else "event"
-            try:
-                if isinstance(transition, TargetChange):
-                    self._queue_state(transition)
-                elif transition.event in _PUBLISHED_EVENTS:
-                    self._queue_event(item.seq, transition)
-            except Exception:
-                # One transition that cannot be rendered must not break the collector's path.
-                self._dropped.labels(kind=kind).inc()
-                log.exception("mqtt: transition could not be rendered, dropped",
-                              extra={"seq": item.seq, "kind": kind})
+        self._report(self._outbox.add(items))
         self._wakeup.set()
 
-    def _queue_state(self, change: TargetChange) -> None:
-        payload = change.view.to_json()
-        payload["changed_at"] = rfc3339(change.at)
-        outgoing = _Outgoing(kind="state", key=change.view.probe,
-                             topic=self.topic_for_state(change.view.probe),
-                             payload=_encode(payload), order=next(self._order))
-        self._latest_states[outgoing.key] = outgoing
-        self._states.pop(outgoing.key, None)
-        self._states[outgoing.key] = outgoing
+    def _report(self, queued: Queued) -> None:
+        """Log what queueing cost: each rejected transition, and an overflow once."""
+        for rejected in queued.rejected:
+            log.error("mqtt: transition could not be rendered, dropped",
+                      exc_info=rejected.error, extra={"seq": rejected.seq, "kind": rejected.kind})
+        if queued.overflow_began:
+            log.warning("mqtt: event queue full, dropping the oldest events", extra={
+                "queue_size": self._outbox.capacity, "seq": queued.overflowed[0].key,
+                "broker": str(self._broker)})
 
-    def _queue_event(self, seq: int, transition: OutageTransition) -> None:
-        payload = transition.record.to_json()
-        payload["event"] = str(transition.event)
-        payload["at"] = rfc3339(transition.at)
-        payload["seq"] = seq
-        payload["collector_id"] = self._collector_id
-        self._events.append(_Outgoing(kind="event", key=str(seq), topic=self.events_topic,
-                                      payload=_encode(payload), order=next(self._order)))
-        self._trim_events()
+    def _requeue_states(self) -> None:
+        """After a (re)connect: the newest state of every probe goes out again.
 
-    def _trim_events(self) -> None:
-        while len(self._events) > self._queue_size:
-            dropped = self._events.popleft()
-            self._dropped.labels(kind="event").inc()
-            self._dropping += 1
-            if self._dropping == 1:
-                log.warning("mqtt: event queue full, dropping the oldest events",
-                            extra={"queue_size": self._queue_size, "seq": dropped.key,
-                                   "broker": str(self._broker)})
-
-    def _take_next(self) -> _Outgoing | None:
-        """The oldest waiting message (events and states in submit order), off the queue."""
-        event = self._events[0] if self._events else None
-        state = next(iter(self._states.values())) if self._states else None
-        if event is not None and (state is None or event.order < state.order):
-            return self._events.popleft()
-        if state is not None:
-            del self._states[state.key]
-            return state
-        return None
-
-    def _put_back(self, outgoing: _Outgoing) -> None:
-        """A publish was cut off: the message goes back to the head of the queue."""
-        if outgoing.kind == "event":
-            self._events.appendleft(outgoing)
-            self._trim_events()
-        elif outgoing.key not in self._states:  # else a newer view of the probe is waiting
-            self._states[outgoing.key] = outgoing
-            self._states.move_to_end(outgoing.key, last=False)
-
-    def _queue_all_states(self) -> None:
-        """After a (re)connect: the newest state of every probe goes out again."""
-        self._seed_initial_states()
-        for probe, outgoing in self._latest_states.items():
-            if probe not in self._states:
-                self._states[probe] = dataclasses.replace(outgoing, order=next(self._order))
-
-    def _seed_initial_states(self) -> None:
-        """Queue the views of probes that had no change yet, from `initial_states`.
-
-        Asked on every connect: at the first one the collector may not know its targets yet.
+        `initial_states` is asked on every connect: at the first one the collector may not
+        know its targets yet.
         """
-        if self._initial_states is None:
-            return
-        try:
-            views = list(self._initial_states())
-        except Exception:
-            log.exception("mqtt: initial_states failed; retained state starts from changes")
-            return
-        now = self._clock()
-        for view in views:
-            if view.probe not in self._latest_states:
-                self._queue_state(TargetChange(view=view, at=now))
+        views: list[TargetView] = []
+        if self._initial_states is not None:
+            try:
+                views = list(self._initial_states())
+            except Exception:
+                log.exception("mqtt: initial_states failed; retained state starts from changes")
+        self._report(self._outbox.requeue_states(views, self._clock()))
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -346,11 +215,9 @@ class MqttPublisher:
         """Read the password and TLS files and start the publishing task; returns at once.
 
         Does not wait for the broker. Raises ServiceError when a file cannot be read,
-        AlreadyRunningError when entered a second time.
+        LifecycleError when entered a second time.
         """
-        if self._entered:
-            raise AlreadyRunningError("MqttPublisher can be entered only once")
-        self._entered = True
+        self._lifecycle.enter()
         self._password = self._read_password()
         self._tls_context = self._make_tls_context()
         self._task_group = asyncio.TaskGroup()
@@ -361,9 +228,9 @@ class MqttPublisher:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         """Drain briefly if connected, say goodbye, stop; idempotent."""
-        if self._task_group is None or self._closed:
+        # No task group: entering failed reading the password or TLS files.
+        if not self._lifecycle.leave() or self._task_group is None:
             return
-        self._closed = True
         self._stopping.set()
         self._wakeup.set()
         task = self._run_task
@@ -376,19 +243,16 @@ class MqttPublisher:
             # The body's own exception is not ours to wrap: it propagates unchanged.
             await self._task_group.__aexit__(None, None, None)
         finally:
-            self._set_connected(False)
+            self._connected = False
             self._count_unpublished()
 
     def _count_unpublished(self) -> None:
         """At exit, what is still queued is lost to MQTT (the journal keeps the events)."""
-        events, states = len(self._events), len(self._states)
-        if events or states:
-            self._dropped.labels(kind="event").inc(events)
-            self._dropped.labels(kind="state").inc(states)
+        abandoned = self._outbox.abandon()
+        if any(abandoned.values()):
             log.warning("mqtt: stopped with messages unpublished", extra={
-                "events": events, "states": states, "broker": str(self._broker)})
-        self._events.clear()
-        self._states.clear()
+                "events": abandoned["event"], "states": abandoned["state"],
+                "broker": str(self._broker)})
 
     def _read_password(self) -> str | None:
         path = self._config.password_file
@@ -415,12 +279,8 @@ class MqttPublisher:
         context.sslsocket_class = _ClosingSSLSocket
         return context
 
-    def _set_connected(self, connected: bool) -> None:
-        self._connected = connected
-        self._connected_gauge.set(1 if connected else 0)
-
     def _status_payload(self, status: str) -> bytes:
-        return _encode({"collector_id": self._collector_id, "status": status})
+        return encode_json({"collector_id": self._collector_id, "status": status})
 
     def _make_client(self) -> aiomqtt.Client:
         keepalive = round(self._config.keepalive)
@@ -441,7 +301,7 @@ class MqttPublisher:
 
     async def _run(self) -> None:
         """Connect, publish, reconnect after backoff; only returns when stopping."""
-        backoff_step = 0  # grows with failed connects and with sessions that die young
+        failures = 0  # grows with failed connects and with sessions that die young
         failed_connects = 0
         warned = False  # one warning per outage of the broker, then debug until connected
         while not self._stopping.is_set():
@@ -454,13 +314,13 @@ class MqttPublisher:
                                                + self._operation_timeout_s + 5.0):
                         await stack.enter_async_context(client)
                     session_started_at = time.monotonic()
-                    self._set_connected(True)
+                    self._connected = True
                     log.info("mqtt: connected", extra={
                         "broker": str(self._broker), "client_id": self._client_id,
                         "failed_attempts": failed_connects})
                     failed_connects = 0
                     warned = False
-                    self._queue_all_states()
+                    self._requeue_states()
                     await self._serve(client)
                     return
             except asyncio.CancelledError:
@@ -471,13 +331,13 @@ class MqttPublisher:
                     lived_s = time.monotonic() - session_started_at
                     # A broker that accepts then drops us at once (e.g. another client with
                     # our id) must not be hammered: only a stable session resets the backoff.
-                    backoff_step = 1 if lived_s >= _STABLE_SESSION_S else backoff_step + 1
+                    failures = 1 if lived_s >= _STABLE_SESSION_S else failures + 1
                     warned = True
                     log.warning("mqtt: connection lost, reconnecting", extra={
                         "broker": str(self._broker), "error": error,
                         "session_s": round(lived_s, 3), "queue_depth": self.queue_depth})
                 else:
-                    backoff_step += 1
+                    failures += 1
                     failed_connects += 1
                     if not warned:
                         warned = True
@@ -488,23 +348,22 @@ class MqttPublisher:
                             "broker": str(self._broker), "error": error,
                             "attempt": failed_connects})
             finally:
-                self._set_connected(False)
+                self._connected = False
                 if client is not None:
                     _close_socket(client)
-            delay = reconnect_delay(backoff_step, initial_s=self._reconnect_initial_s,
-                                    max_s=self._reconnect_max_s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                await asyncio.wait_for(self._stopping.wait(),
+                                       timeout=self._backoff.delay(failures))
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Publish until stopping; a lost connection ends it with an error."""
         async with asyncio.TaskGroup() as session:
             watch = session.create_task(self._watch_connection(client),
                                         name="mqtt-connection-watch")
-            await self._publish(client, self.status_topic, self._status_payload("online"))
-            await self._publish_queue(client)
+            await self._publish_status(client, "online")
+            await self._publish_outbox(client)
             # A clean DISCONNECT discards the will: say offline ourselves.
-            await self._publish(client, self.status_topic, self._status_payload("offline"))
+            await self._publish_status(client, "offline")
             watch.cancel()
 
     @staticmethod
@@ -517,41 +376,69 @@ class MqttPublisher:
         async for _ in client.messages:
             pass
 
-    async def _publish(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
-        await client.publish(topic, payload, qos=self._config.qos, retain=True,
+    async def _publish_status(self, client: aiomqtt.Client, status: str) -> None:
+        await client.publish(self.status_topic, self._status_payload(status),
+                             qos=self._config.qos, retain=True,
                              timeout=self._operation_timeout_s)
 
-    async def _publish_queue(self, client: aiomqtt.Client) -> None:
-        """Publish the queue in order until it is empty and we are stopping."""
+    async def _publish_outbox(self, client: aiomqtt.Client) -> None:
+        """Publish the outbox in order until it is empty and we are stopping."""
+        outbox = self._outbox
         while True:
-            outgoing = self._take_next()
-            if outgoing is None:
+            message = outbox.take()
+            if message is None:
                 if self._stopping.is_set():
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            self._in_flight = outgoing
             try:
-                await client.publish(outgoing.topic, outgoing.payload, qos=self._config.qos,
-                                     retain=outgoing.kind == "state",
-                                     timeout=self._operation_timeout_s)
+                await client.publish(message.topic, message.payload, qos=self._config.qos,
+                                     retain=message.retain, timeout=self._operation_timeout_s)
             except ValueError as exc:
                 # paho refuses the message itself (e.g. too large): retrying cannot help.
-                self._dropped.labels(kind=outgoing.kind).inc()
+                outbox.give_up(message)
                 log.error("mqtt: message refused, dropped", extra={  # noqa: TRY400 (no trace)
-                    "kind": outgoing.kind, "key": outgoing.key, "error": str(exc)})
+                    "kind": message.kind, "key": message.key, "error": str(exc)})
                 continue
             except BaseException:
-                self._put_back(outgoing)
+                self._report(outbox.put_back(message))
                 raise
-            finally:
-                self._in_flight = None
-            self._published.labels(kind=outgoing.kind).inc()
-            if outgoing.kind == "event" and self._dropping:
+            if dropped_events := outbox.acknowledged(message):
                 log.warning("mqtt: event queue recovered", extra={
-                    "dropped_events": self._dropping, "broker": str(self._broker)})
-                self._dropping = 0
+                    "dropped_events": dropped_events, "broker": str(self._broker)})
+
+
+class _PublisherMetrics(Collector):
+    """The publisher's metrics, read from its outbox and session at scrape time."""
+
+    def __init__(self, outbox: Outbox, connected: Callable[[], bool]) -> None:
+        self._outbox = outbox
+        self._connected = connected
+
+    def describe(self) -> Iterator[Metric]:
+        """The families, so that the registry refuses a second publisher on it."""
+        return self.collect()
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the current values."""
+        yield GaugeMetricFamily("probenet_mqtt_connected", "1 while connected to the MQTT broker",
+                                value=1.0 if self._connected() else 0.0)
+        published = CounterMetricFamily(
+            "probenet_mqtt_published",
+            "MQTT messages the broker accepted (acknowledged with QoS 1 and 2)", labels=["kind"])
+        dropped = CounterMetricFamily(
+            "probenet_mqtt_dropped",
+            "MQTT messages given up: the event queue overflowed, or the broker refused them",
+            labels=["kind"])
+        for kind in KINDS:
+            published.add_metric([kind], self._outbox.published[kind])
+            dropped.add_metric([kind], self._outbox.dropped[kind])
+        yield published
+        yield dropped
+        yield GaugeMetricFamily("probenet_mqtt_queue_depth",
+                                "MQTT messages waiting to be published",
+                                value=self._outbox.depth)
 
 
 class _ClosingSSLSocket(ssl.SSLSocket):
@@ -580,10 +467,6 @@ def _close_socket(client: aiomqtt.Client) -> None:
         client._client._sock_close()  # noqa: SLF001 (no public way; see docstring)
     except Exception:
         log.debug("mqtt: closing the client socket failed", exc_info=True)
-
-
-def _encode(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _describe(exc: BaseException) -> str:

@@ -6,8 +6,9 @@ seq already applied for the agent's epoch, then for each ResultBatch: validate, 
 duplicates by (agent, epoch, seq), apply to the classifier, journal the transitions, publish
 them, and only then Ack. Messages are parsed here, once, from raw bytes, so that malformed
 input is counted and answered with a status instead of failing inside grpc (a batch is
-parsed a second time, cheaply, as `_WireAgentMessage` when the per-kind metrics keep each
-result's wire bytes).
+parsed a second time, cheaply, as `probenet.v1.ingest_wire.WireAgentMessage`, for the wire
+bytes of each accepted result, which go to the per-kind details store once the batch is
+applied).
 
 Rejections are counted by reason (`probenet_ingest_rejections_total{reason}`) and logged
 once per (agent, reason). Reasons:
@@ -31,13 +32,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
+from probenet.kinds import PROBE_KINDS
+from probenet.names import is_name, label_problem, name_problem
+from probenet.v1 import ingest_wire_pb2 as wire_pb
 from probenet.v1 import probenet_pb2 as pb
 from probenet.version import __version__
 
-from . import details as kind_details
 from .config import AgentEntry, CollectorConfig, LimitsConfig, read_secret
 from .errors import StreamRejectedError
 from .model import PHASE_NAMES
@@ -46,19 +48,19 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from .classify import Classifier
+    from .details import LatestDetails
     from .journal import TransitionCommitter
     from .metrics import FailureCounts, IngestMetrics
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "probenet.v1.Ingest"
-METHOD_PATH = f"/{SERVICE_NAME}/Stream"
-KINDS = frozenset({"http", "tcp", "dns", "icmp", "tls", "grpc"})
-MAX_NAME = 128
-MAX_PROBE_NAME = 256
+KINDS = frozenset(PROBE_KINDS)
+# Probe names already found valid, remembered so that the check of each result is a set
+# lookup; bounded, so a peer sending endless new names only makes the check slower.
+MAX_KNOWN_PROBES = 100_000
 MAX_TARGET = 2048
 MAX_REASON = 64
-MAX_LABELS = 64
 DEFAULT_INTERVAL_S = 30.0
 _PHASES = len(PHASE_NAMES)
 _INF = math.inf
@@ -74,41 +76,6 @@ REJECTION_REASONS = (
     "bad_seq", "seq_order", "bad_probe", "bad_kind", "bad_duration", "bad_phase",
     "field_too_long",
 )
-
-
-def _wire_batch_message() -> Any:
-    """The message type batches are parsed as: AgentMessage, with each result kept as bytes.
-
-    The same wire format (built from the proto's own descriptors: nothing new on the wire),
-    except that a batch's results stay as their wire bytes: what the per-kind metrics keep
-    (see `details.details_of`). Parsing a batch a second time this way costs a tenth of
-    re-serializing every result, and nothing pins a batch's memory.
-    """
-    package = "probenet.v1.ingest_wire"
-    name = "probenet/v1/ingest_wire.proto"
-    pool = descriptor_pool.Default()
-    try:
-        pool.FindFileByName(name)
-    except KeyError:
-        wire = descriptor_pb2.FileDescriptorProto(
-            name=name, package=package, syntax="proto3", dependency=[pb.DESCRIPTOR.name])
-        batch = wire.message_type.add()
-        pb.ResultBatch.DESCRIPTOR.CopyToProto(batch)
-        batch.name = "WireResultBatch"
-        (results,) = (f for f in batch.field if f.name == "results")
-        results.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
-        results.ClearField("type_name")
-        message = wire.message_type.add()
-        pb.AgentMessage.DESCRIPTOR.CopyToProto(message)
-        message.name = "WireAgentMessage"
-        (body,) = (f for f in message.field if f.name == "batch")
-        body.type_name = f".{package}.WireResultBatch"
-        pool.Add(wire)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName(f"{package}.WireAgentMessage"))
-
-
-_WireAgentMessage = _wire_batch_message()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +154,13 @@ def _bearer(metadata: Any) -> bytes | None:
     return None
 
 
-def _valid_name(value: str, limit: int = MAX_NAME) -> bool:
-    return 0 < len(value) <= limit and value.isprintable() and value == value.strip()
+def _known_name(value: str, known: set[str]) -> bool:
+    """Whether `value` is a valid name (probenet.names), remembering it in `known` if so."""
+    if not is_name(value):
+        return False
+    if len(known) < MAX_KNOWN_PROBES:
+        known.add(value)
+    return True
 
 
 class IngestServicer:
@@ -199,8 +171,12 @@ class IngestServicer:
                  registry: AgentRegistry | None, collector_id: str,
                  watermarks: Mapping[str, tuple[int, int]] | None = None,
                  identity_check: bool = False,
+                 details: LatestDetails | None = None,
                  clock: Callable[[], float]) -> None:
-        """`watermarks` are the journal's, so deduplication continues after a restart."""
+        """`watermarks` are the journal's, so deduplication continues after a restart.
+
+        `details` receives the wire bytes of each accepted result (None: nothing is kept).
+        """
         self._classifier = classifier
         self._committer = committer
         self._metrics = metrics
@@ -209,8 +185,7 @@ class IngestServicer:
         self._failures = failures
         self._limits = limits
         self._max_batch = limits.max_batch_results
-        # With the standard details hook, keep each result's own wire bytes (same facts).
-        self._keep_wire = classifier.details_of is kind_details.details_of
+        self._details = details
         self._registry = registry
         self._collector_id = collector_id
         self._identity_check = identity_check
@@ -220,6 +195,7 @@ class IngestServicer:
         self._dirty: set[str] = set()
         self._sessions: dict[str, _Session] = {}
         self._logged: set[tuple[str, str]] = set()
+        self._known_probes: set[str] = set()
         self._draining = False
 
     @classmethod
@@ -236,11 +212,6 @@ class IngestServicer:
         return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Stream": method})
 
     # -- state the service reads ---------------------------------------------------------
-
-    @property
-    def open_streams(self) -> int:
-        """Streams accepted and not yet ended."""
-        return len(self._sessions)
 
     def take_dirty_watermarks(self) -> dict[str, tuple[int, int]]:
         """Watermarks changed since the last call (the periodic journal flush)."""
@@ -322,14 +293,14 @@ class IngestServicer:
 
     def _open(self, hello: pb.Hello, context: grpc.aio.ServicerContext) -> _Session:
         agent, region = hello.agent_id, hello.region
-        if not _valid_name(agent) or not _valid_name(region):
-            raise StreamRejectedError(
-                _S.INVALID_ARGUMENT, "bad_hello",
-                f"agent_id and region must be 1-{MAX_NAME} printable characters")
-        if len(hello.labels) > MAX_LABELS or not all(
-                _valid_name(k) and len(v) <= MAX_NAME for k, v in hello.labels.items()):
-            raise StreamRejectedError(_S.INVALID_ARGUMENT, "bad_hello",
-                                      f"at most {MAX_LABELS} labels of sane length")
+        for field_name, value in (("agent_id", agent), ("region", region)):
+            issue = name_problem(value)
+            if issue is not None:
+                raise StreamRejectedError(_S.INVALID_ARGUMENT, "bad_hello",
+                                          f"{field_name}: {issue}")
+        issue = label_problem(hello.labels)
+        if issue is not None:
+            raise StreamRejectedError(_S.INVALID_ARGUMENT, "bad_hello", f"labels: {issue}")
         labels = dict(hello.labels)
         if self._registry is not None:
             labels.update(self._authenticate(hello, context))
@@ -415,7 +386,7 @@ class IngestServicer:
 
     def _handle_batch(self, session: _Session, data: bytes) -> bytes:
         """Parse, validate, deduplicate, apply, commit; return the serialized Ack."""
-        keep_wire = self._keep_wire
+        details = self._details
         message = self._parse(data)
         body = message.WhichOneof("body")
         if body != "batch":
@@ -432,11 +403,11 @@ class IngestServicer:
                 _S.RESOURCE_EXHAUSTED, "batch_too_large",
                 f"{len(results)} results in one batch; the limit is {self._max_batch}")
         wires: Any = ()
-        if keep_wire:
-            # The same bytes parsed again as _WireAgentMessage (it accepts whatever
+        if details is not None:
+            # The same bytes parsed again as WireAgentMessage (it accepts whatever
             # AgentMessage accepts) give each result's own wire bytes, in the same order.
             try:
-                wires = _WireAgentMessage.FromString(data).batch.results
+                wires = wire_pb.WireAgentMessage.FromString(data).batch.results
             except _PARSE_ERRORS as exc:
                 raise StreamRejectedError(_S.INVALID_ARGUMENT, "malformed",
                                           "not a probenet.v1.AgentMessage") from exc
@@ -445,8 +416,9 @@ class IngestServicer:
         region = session.region
         failures = self._failures
         kinds = KINDS
+        known_probes = self._known_probes
         accepted: list[pb.ProbeResult] = []
-        kept: list[bytes | None] | None = [] if keep_wire else None
+        kept: dict[str, bytes] = {}  # probe -> wire bytes of its latest accepted result
         duplicates = 0
         rejected: dict[str, int] | None = None
         highest = 0
@@ -461,7 +433,7 @@ class IngestServicer:
                     duplicates += 1
                     continue
                 probe = result.probe
-                if not 0 < len(probe) <= MAX_PROBE_NAME or not probe.isprintable():
+                if probe not in known_probes and not _known_name(probe, known_probes):
                     reason = "bad_probe"
                 elif result.kind not in kinds:
                     reason = "bad_kind"
@@ -480,16 +452,18 @@ class IngestServicer:
                         failures.add(probe, region, PHASE_NAMES[phase], failure_reason)
             if reason is None:
                 accepted.append(result)
-                if kept is not None:
-                    # details.details_of's test, inlined: this loop runs for every result.
-                    kept.append(wires[index] if result.phases
-                                or result.WhichOneof("details") is not None else None)
+                if details is not None:
+                    # Every result's bytes, with or without details: testing for them costs
+                    # more here than decoding a few bare results at scrape time.
+                    kept[probe] = wires[index]
             else:
                 if rejected is None:
                     rejected = {}
                 rejected[reason] = rejected.get(reason, 0) + 1
         if accepted:
-            self._classifier.apply(session.agent, accepted, self._clock(), details=kept)
+            self._classifier.apply(session.agent, accepted, self._clock())
+            if details is not None:
+                details.update(session.agent, kept)
             metrics.applied.inc(len(accepted))
         if highest > applied_upto:
             watermark.seq = highest

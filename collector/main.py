@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import sys
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
 from probenet.configfile import ConfigError
+from probenet.lifecycle import StopSignals
 
 from .config import CollectorConfig, MqttConfig, load_config
 from .errors import CollectorError
@@ -54,30 +53,18 @@ def _mqtt_publisher(config: MqttConfig, registry: CollectorRegistry, collector_i
 
 
 async def serve(config: CollectorConfig, stop: asyncio.Event | None = None) -> int:
-    """Run until `stop` is set or SIGTERM/SIGINT arrives; a second signal exits at once."""
-    stop = stop if stop is not None else asyncio.Event()
-    loop = asyncio.get_running_loop()
-    received: list[int] = []
+    """Run until `stop` is set or SIGTERM/SIGINT arrives; a second signal exits at once (1).
 
-    def on_signal(signum: int) -> None:
-        received.append(signum)
-        if len(received) == 1:
-            log.info("stopping: draining streams", extra={"signal": signal.Signals(signum).name})
-            stop.set()
-        else:
-            log.warning("second signal: exiting at once",
-                        extra={"signal": signal.Signals(signum).name})
-            os._exit(1)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    The signal policy is `probenet.lifecycle.StopSignals`: the first signal drains.
+    """
     registry = CollectorRegistry()
     service: CollectorService | None = None
 
     def current_targets() -> Iterable[TargetView]:
         return service.classifier.targets() if service is not None else ()
 
-    try:
+    with StopSignals(log, stop_message="stopping: draining streams", forced_status=1,
+                     stop=stop) as signals:
         async with contextlib.AsyncExitStack() as stack:
             sinks: list[TransitionSink] = []
             if config.mqtt is not None:
@@ -87,8 +74,5 @@ async def serve(config: CollectorConfig, stop: asyncio.Event | None = None) -> i
                 sinks.append(publisher)
             service = CollectorService(config, registry=registry, sinks=sinks)
             await stack.enter_async_context(service)
-            await stop.wait()
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+            await signals.stop.wait()
     return 0

@@ -4,16 +4,13 @@ Everything is registered on a registry passed in, never the global default. Inge
 per batch (never per result); probe failures are counted in a plain dict at ingest and
 exported as a counter family; the classifier's verdicts are read when Prometheus scrapes
 (`ClassifierMetrics`, a custom collector). The blackbox_exporter-compatible per-kind
-metrics (`probe_http_status_code`, `probe_ssl_earliest_cert_expiry`, ...) come from
-`collector.details.kind_metric_families`, which reads `PairSample.details`.
+metrics (`probe_http_status_code`, `probe_ssl_earliest_cert_expiry`, ...) have their own
+store and collector, `collector.details.KindDetailsMetrics`, labelled with `PAIR_LABELS`.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
-from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -24,39 +21,16 @@ from probenet.version import __version__
 from .model import OutageKind, RegionVerdict, Scope, TargetState
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from .classify import Classifier, PairSample
 
-log = logging.getLogger(__name__)
-
+# The labels of every per-(agent, probe) series: probe_success, the per-kind details, ...
 PAIR_LABELS = ("probe", "target", "kind", "region", "agent")
 FAILURE_LABELS = ("probe", "region", "phase", "reason")
 # Beyond this many (probe, region, phase, reason) series, new reasons fold into "other":
 # the reason is agent-supplied text, and a broken agent must not explode the series count.
 MAX_FAILURE_SERIES = 50_000
-
-
-@cache
-def _details_module() -> Any | None:
-    try:
-        return importlib.import_module("probenet.collector.details")
-    except ModuleNotFoundError as exc:
-        if exc.name != "probenet.collector.details":
-            raise
-        return None
-
-
-def details_extractor() -> Callable[[Any], Any] | None:
-    """`collector.details.details_of` when that module exists (the Classifier's `details_of`)."""
-    module = _details_module()
-    return getattr(module, "details_of", None) if module is not None else None
-
-
-def kind_metric_families() -> Callable[[Iterable[PairSample]], Iterator[Metric]] | None:
-    """`collector.details.kind_metric_families` when that module exists."""
-    module = _details_module()
-    return getattr(module, "kind_metric_families", None) if module is not None else None
 
 
 class FailureCounts:
@@ -138,8 +112,7 @@ class ClassifierMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         """Every family, from one consistent read of the classifier."""
         classifier = self._classifier
-        samples = list(classifier.samples())
-        yield from self._sample_families(samples)
+        yield from self._sample_families(classifier.samples())
         yield from self._target_families()
         yield from self._agent_families()
         degraded = GaugeMetricFamily(
@@ -149,15 +122,9 @@ class ClassifierMetrics(Collector):
         yield degraded
         if self._failures is not None:
             yield self._failures.family()
-        per_kind = kind_metric_families()
-        if per_kind is not None:
-            try:
-                yield from per_kind(samples)
-            except Exception:
-                log.exception("per-kind metrics failed; scrape continues without them")
 
     @staticmethod
-    def _sample_families(samples: Sequence[PairSample]) -> Iterator[Metric]:
+    def _sample_families(samples: Iterable[PairSample]) -> Iterator[Metric]:
         success = GaugeMetricFamily(
             "probe_success", "Last result of the agent for the probe, 0 or 1.",
             labels=PAIR_LABELS)

@@ -7,12 +7,12 @@ the MQTT events consume. Times are float unix seconds internally and RFC 3339 UT
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
 # Index = the wire enum probenet.v1.Phase; value = the phase name used in JSON and labels.
 PHASE_NAMES: tuple[str, ...] = (
@@ -42,6 +42,11 @@ class Scope(StrEnum):
 
     REGIONAL = "regional"
     GLOBAL = "global"
+
+
+def widest(*scopes: Scope) -> Scope:
+    """The widest of `scopes`: global if any is global."""
+    return Scope.GLOBAL if Scope.GLOBAL in scopes else Scope.REGIONAL
 
 
 class OutageKind(StrEnum):
@@ -119,6 +124,92 @@ class OutageRecord:
     started_at: float
     detected_at: float
     ended_at: float | None = None
+
+    # -- builders: each keeps the invariants peak_scope >= scope, regions_ever >= regions
+    # (as sets), started_at <= detected_at <= ended_at, and sorted region and probe names.
+
+    @classmethod
+    def probe_outage(cls, outage_id: str, probe: str, *, service: str | None, scope: Scope,
+                     regions: Iterable[str], phase: str | None, reason: str | None,
+                     started_at: float, detected_at: float) -> OutageRecord:
+        """A new `probe` record: one probe down in `regions` (its first failure at `started_at`)."""
+        return cls._opened(outage_id, OutageKind.PROBE, probe=probe, service=service,
+                           scope=scope, regions=regions, phase=phase, reason=reason,
+                           started_at=started_at, detected_at=detected_at)
+
+    @classmethod
+    def service_outage(cls, outage_id: str, service: str, *, probes: Iterable[str],
+                       scope: Scope, regions: Iterable[str], regions_ever: Iterable[str],
+                       phase: str | None, reason: str | None, started_at: float,
+                       detected_at: float) -> OutageRecord:
+        """A new `service` record: several probes of one service in outage at once.
+
+        It inherits its probes' history: `regions_ever` and the earliest `started_at`.
+        """
+        return cls._opened(outage_id, OutageKind.SERVICE, service=service, probes=probes,
+                           scope=scope, regions=regions, regions_ever=regions_ever,
+                           phase=phase, reason=reason, started_at=started_at,
+                           detected_at=detected_at)
+
+    @classmethod
+    def region_isolated(cls, outage_id: str, region: str, *, at: float) -> OutageRecord:
+        """A new `region_isolated` record: every agent of `region` is impaired."""
+        return cls._opened(outage_id, OutageKind.REGION_ISOLATED, region=region,
+                           scope=Scope.REGIONAL, regions=(region,), started_at=at,
+                           detected_at=at)
+
+    @classmethod
+    def monitoring_degraded(cls, outage_id: str, regions: Iterable[str], *,
+                            at: float) -> OutageRecord:
+        """A new `monitoring_degraded` record: the fleet is the problem (in `regions`)."""
+        return cls._opened(outage_id, OutageKind.MONITORING_DEGRADED, scope=Scope.GLOBAL,
+                           regions=regions, started_at=at, detected_at=at)
+
+    @classmethod
+    def _opened(cls, outage_id: str, kind: OutageKind, *, scope: Scope, regions: Iterable[str],
+                started_at: float, detected_at: float, probe: str | None = None,
+                service: str | None = None, region: str | None = None,
+                probes: Iterable[str] = (), regions_ever: Iterable[str] = (),
+                phase: str | None = None, reason: str | None = None) -> OutageRecord:
+        down = tuple(sorted(set(regions)))
+        return cls(
+            id=outage_id,
+            kind=kind,
+            probe=probe,
+            service=service,
+            region=region,
+            probes=tuple(sorted(set(probes))),
+            scope=scope,
+            peak_scope=scope,
+            regions=down,
+            regions_ever=tuple(sorted(set(regions_ever).union(down))),
+            phase=phase,
+            reason=reason,
+            started_at=min(started_at, detected_at),
+            detected_at=detected_at,
+        )
+
+    def with_scope(self, scope: Scope) -> OutageRecord:
+        """The record at `scope` now; `peak_scope` keeps the widest scope it ever had."""
+        return replace(self, scope=scope, peak_scope=widest(scope, self.peak_scope))
+
+    def with_regions(self, regions: Iterable[str]) -> OutageRecord:
+        """The record with `regions` down now; `regions_ever` keeps every region it named."""
+        down = tuple(sorted(set(regions)))
+        return replace(self, regions=down,
+                       regions_ever=tuple(sorted(set(self.regions_ever).union(down))))
+
+    def with_probes(self, probes: Iterable[str]) -> OutageRecord:
+        """A service record naming `probes` as involved."""
+        return replace(self, probes=tuple(sorted(set(probes))))
+
+    def with_failure(self, phase: str | None, reason: str | None) -> OutageRecord:
+        """The record showing `phase` and `reason` as the failure seen most."""
+        return replace(self, phase=phase, reason=reason)
+
+    def ended(self, at: float) -> OutageRecord:
+        """The record resolved at `at`, never before it was detected (whatever the clock did)."""
+        return replace(self, ended_at=max(at, self.detected_at))
 
     @property
     def active(self) -> bool:

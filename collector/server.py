@@ -24,18 +24,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from probenet.addresses import format_host_port, split_listen
+from probenet.lifecycle import EnterOnce
+
 from .api import HttpApi
 from .classify import Classifier
-from .config import CollectorConfig, config_summary, split_host_port
-from .errors import AlreadyRunningError, ServiceError
+from .config import CollectorConfig, config_summary
+from .details import KindDetailsMetrics, LatestDetails
+from .errors import LifecycleError, ServiceError
 from .ingest import SERVICE_NAME, IngestServicer
 from .journal import CommitMetrics, Journal, TransitionCommitter
-from .metrics import (
-    ClassifierMetrics,
-    FailureCounts,
-    IngestMetrics,
-    details_extractor,
-)
+from .metrics import ClassifierMetrics, FailureCounts, IngestMetrics
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -78,18 +77,19 @@ class CollectorService:
     """The whole collector as one async context manager (enter once; leaving is idempotent).
 
     `clock` gives `now` to the classifier (tests move time by hand). `sinks` receive every
-    committed transition (MQTT publisher, demo, tests).
+    committed transition (MQTT publisher, demo, tests). `kind_details=False` neither keeps
+    nor exports the per-kind details (measurements).
     """
 
     def __init__(self, config: CollectorConfig, *, registry: CollectorRegistry | None = None,
                  clock: Callable[[], float] = time.time,
-                 sinks: Sequence[TransitionSink] = ()) -> None:
+                 sinks: Sequence[TransitionSink] = (), kind_details: bool = True) -> None:
         """Build every part; nothing is opened or bound until the service is entered."""
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
         self._clock = clock
-        self.classifier = Classifier(config.classification.params(),
-                                     details_of=details_extractor())
+        self.classifier = Classifier(config.classification.params())
+        self.details = LatestDetails() if kind_details else None
         self.journal = Journal(config.journal.path)
         self.failures = FailureCounts()
         self.ingest_metrics = IngestMetrics(self.registry)
@@ -97,6 +97,8 @@ class CollectorService:
         self.registered_agents = [(a.id, a.region) for a in config.agents or ()]
         self.registry.register(ClassifierMetrics(
             self.classifier, failures=self.failures, registered_agents=self.registered_agents))
+        if self.details is not None:
+            self.registry.register(KindDetailsMetrics(self.classifier, self.details))
         self.committer = TransitionCommitter(self.classifier, self.journal, sinks=sinks,
                                              observer=self._commit_metrics)
         self.ingest: IngestServicer | None = None
@@ -106,8 +108,7 @@ class CollectorService:
                             registered_agents=self.registered_agents)
         self.grpc_port = 0
         self.ready = False
-        self._entered = False
-        self._closed = False
+        self._lifecycle = EnterOnce("CollectorService", LifecycleError)
         self._drained = False
         self._grpc: grpc.aio.Server | None = None
         self._health: Any = None
@@ -118,17 +119,14 @@ class CollectorService:
     @property
     def grpc_address(self) -> str:
         """`host:port` the gRPC listener is bound to (the real port when configured as 0)."""
-        host, _ = split_host_port(self.config.listen.grpc)
-        host = f"[{host}]" if ":" in host else host
-        return f"{host}:{self.grpc_port}"
+        host, _ = split_listen(self.config.listen.grpc)
+        return format_host_port(host, self.grpc_port)
 
     # -- start ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         """Open the journal, restore, bind gRPC and HTTP, start the loops."""
-        if self._entered:
-            raise AlreadyRunningError("a CollectorService can be entered only once")
-        self._entered = True
+        self._lifecycle.enter()
         self._check_exposure()
         async with contextlib.AsyncExitStack() as stack:
             self.journal.open()
@@ -171,7 +169,7 @@ class CollectorService:
                 "count": len(open_outages), "ids": ",".join(r.id for r in open_outages)})
         self.ingest = IngestServicer.build(
             self.config, classifier=self.classifier, committer=self.committer,
-            metrics=self.ingest_metrics, failures=self.failures,
+            metrics=self.ingest_metrics, failures=self.failures, details=self.details,
             watermarks=self.journal.watermarks(), clock=self._clock)
 
     async def _start_grpc(self, stack: contextlib.AsyncExitStack) -> None:
@@ -264,9 +262,8 @@ class CollectorService:
 
     async def aclose(self) -> None:
         """Stop everything; calling it again does nothing."""
-        if self._closed or not self._entered:
+        if not self._lifecycle.leave():
             return
-        self._closed = True
         await self.drain()
         if self._grpc is not None:
             await self._grpc.stop(self.config.shutdown_grace)

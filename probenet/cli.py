@@ -63,6 +63,7 @@ def config_kind(data: Any) -> str:
 def check(paths: list[Path]) -> int:
     """Validate each file; print every error as `file:line:col: message`."""
     from probenet.agent.config import load_config as load_agent  # noqa: PLC0415 - lazy on purpose
+    from probenet.agent.probes import unavailable_kinds  # noqa: PLC0415
     from probenet.collector.config import load_config as load_collector  # noqa: PLC0415
 
     failed = False
@@ -74,7 +75,10 @@ def check(paths: list[Path]) -> int:
                 raise ConfigError([ConfigIssue(str(path), 1, 1, f"cannot read: {exc}")]) from exc
             data, _ = load_tree(text, str(path))
             kind = config_kind(data)
-            (load_agent if kind == "agent" else load_collector)(path)
+            if kind == "agent":
+                load_agent(path, checks=(unavailable_kinds,))
+            else:
+                load_collector(path)
         except ConfigError as exc:
             failed = True
             for issue in exc.issues:

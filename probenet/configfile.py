@@ -4,7 +4,8 @@ Both the agent and the collector load their YAML through `load_model`: the file 
 once into a tree whose every node remembers where it was written, validated by a frozen
 pydantic model with `extra="forbid"`, and each validation error is mapped back to the
 position of the key or value it is about. Durations are written `500ms`, `30s`, `5m`, `1h`
-(or combined, `1m30s`) and become float seconds.
+(or combined, `1m30s`) and become float seconds. The field types both configs share (names,
+labels, addresses, durations) are defined here, once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from .addresses import split_host_port, split_listen
+from .names import check_labels, check_name
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -60,6 +64,31 @@ def format_duration(seconds: float) -> str:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """A duration field: written `30s` in YAML, held as float seconds."""
+
+
+def check_host_port(value: str) -> str:
+    """`value` when it is a `host:port` address (port 1-65535), else ValueError."""
+    split_host_port(value)
+    return value
+
+
+def check_listen(value: str) -> str:
+    """`value` when it is a listen address (`host:port`, port 0 allowed), else ValueError."""
+    split_listen(value)
+    return value
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+"""An agent id, region, probe or collector name (the rule of `probenet.names`)."""
+
+Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
+"""Labels such as `{network: as24940}` (the label rule of `probenet.names`)."""
+
+HostPort = Annotated[str, AfterValidator(check_host_port)]
+"""An address to connect to: `host:port` or `[v6]:port` (see `probenet.addresses`)."""
+
+ListenAddress = Annotated[str, AfterValidator(check_listen)]
+"""An address to listen on: like HostPort, and port 0 lets the kernel pick a free port."""
 
 
 class FrozenModel(BaseModel):

@@ -11,9 +11,15 @@ import contextlib
 import errno
 import socket
 import ssl
+from typing import TYPE_CHECKING
+
+from probenet.addresses import format_host_port
 
 from .base import ProbeFailure
-from .resolve import IpFamily, format_host_port, ip_literal
+from .resolve import ip_literal
+
+if TYPE_CHECKING:
+    from ..config import IpFamily
 
 _CLOSE_GRACE_S = 0.5
 

@@ -32,9 +32,9 @@ import dns.rdatatype
 import dns.resolver
 import dns.reversename
 
+from probenet.addresses import split_host_port
 from probenet.v1 import probenet_pb2 as pb
 
-from ..config import split_host_port
 from .base import PhaseTracker, ProbeFailure, ProbeOutcome
 from .connect import connect_failure
 from .resolve import Resolver, family_for, resolve_addresses, system_resolver

@@ -25,16 +25,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from probenet.addresses import format_host_port, split_host_port
 from probenet.v1 import probenet_pb2 as pb
 
-from ..config import split_host_port
 from .base import PhaseTracker, ProbeFailure, ProbeOutcome
-from .resolve import (
-    Resolver,
-    format_host_port,
-    resolve_addresses,
-    system_resolver,
-)
+from .resolve import Resolver, resolve_addresses, system_resolver
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -65,7 +60,8 @@ _CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 
 def grpc_target(address: str, port: int) -> str:
     """A gRPC target naming one resolved address (no second resolution inside gRPC)."""
-    return f"ipv6:[{address}]:{port}" if ":" in address else f"ipv4:{address}:{port}"
+    scheme = "ipv6" if ":" in address else "ipv4"
+    return f"{scheme}:{format_host_port(address, port)}"
 
 
 def _read(path: str | None, what: str) -> bytes | None:
@@ -123,7 +119,7 @@ class GrpcProbe:
         """Probe once: resolve, connect a fresh channel, call Health/Check."""
         tracker.enter("dns", "resolve")
         address = (await resolve_addresses(self.host, resolver=self.resolver))[0]
-        where = f"{self.host}:{self.port}"
+        where = format_host_port(self.host, self.port)
         tracker.enter("connect", "connect")
         channel = self._channel(address)
         try:

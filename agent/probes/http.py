@@ -25,26 +25,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
+from probenet.addresses import format_host, format_host_port
 from probenet.v1 import probenet_pb2 as pb
 
 from .attempt import probe_each_address
 from .base import PhaseTracker, ProbeFailure, ProbeOutcome
 from .connect import connect_socket, literal_addresses
 from .httpclient import HttpResponse, build_request, exchange
-from .resolve import (
-    IpFamily,
-    Resolver,
-    family_for,
-    format_host_port,
-    resolve_addresses,
-    system_resolver,
-)
+from .resolve import Resolver, family_for, resolve_addresses, system_resolver
 from .tls import client_context, handshake_failure
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ..config import HttpOptions, ProbeSpec
+    from ..config import HttpOptions, IpFamily, ProbeSpec
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +74,7 @@ class _Url:
         self.port = parts.port or _DEFAULT_PORTS[parts.scheme]
         self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = self.host.encode("idna").decode("ascii") if not self.host.isascii() else self.host
-        bracketed = f"[{host}]" if ":" in host else host
+        bracketed = format_host(host)
         self.host_header = (bracketed if self.port == _DEFAULT_PORTS[self.scheme]
                             else f"{bracketed}:{self.port}")
 

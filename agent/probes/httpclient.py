@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 MAX_HEADER_BYTES = 64 * 1024
 # Body bytes kept for matching; the rest is read (and timed) but not kept.
 MAX_KEPT_BODY_BYTES = 1024 * 1024
-_READ_CHUNK = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 

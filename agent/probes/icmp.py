@@ -40,19 +40,12 @@ from typing import TYPE_CHECKING, Literal
 from probenet.v1 import probenet_pb2 as pb
 
 from .base import PhaseTracker, ProbeFailure, ProbeOutcome
-from .resolve import (
-    IpFamily,
-    Resolver,
-    address_family,
-    family_for,
-    resolve_addresses,
-    system_resolver,
-)
+from .resolve import Resolver, address_family, family_for, resolve_addresses, system_resolver
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ..config import ProbeSpec
+    from ..config import IpFamily, ProbeSpec
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,12 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import TYPE_CHECKING
 
 from .base import ProbeFailure
 
-IpFamily = Literal["ip4", "ip6"]
+if TYPE_CHECKING:
+    from ..config import IpFamily
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 """`resolver(host, family)` -> addresses in preference order; family is AF_INET, AF_INET6
@@ -102,8 +103,3 @@ async def resolve_addresses(host: str, *, ip_family: IpFamily | None = None,
         where = f" ({_FAMILY_NAMES[family]})" if family != socket.AF_UNSPEC else ""
         raise ProbeFailure("dns", "dns_no_answer", f"{host} has no address{where}")
     return addresses
-
-
-def format_host_port(address: str, port: int) -> str:
-    """`address:port`, with brackets around an IPv6 address."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

@@ -16,7 +16,8 @@ import re
 import ssl
 from typing import TYPE_CHECKING
 
-from ..config import split_host_port
+from probenet.addresses import format_host_port, split_host_port
+
 from .attempt import probe_each_address
 from .base import PhaseTracker, ProbeFailure, ProbeOutcome
 from .connect import (
@@ -25,14 +26,14 @@ from .connect import (
     literal_addresses,
     open_stream,
 )
-from .resolve import IpFamily, Resolver, family_for, resolve_addresses, system_resolver
+from .resolve import Resolver, family_for, resolve_addresses, system_resolver
 from .tls import client_context, handshake_failure
 
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Sequence
 
-    from ..config import ProbeSpec
+    from ..config import IpFamily, ProbeSpec
 
 _MAX_LINE_BYTES = 64 * 1024
 _EXCERPT = 120
@@ -49,6 +50,7 @@ class TcpProbe:
         """`send` is written as is (add the line ending yourself); `expect` is a regex."""
         self.host = host
         self.port = port
+        self._where = format_host_port(host, port)  # for error messages
         self.source_address = source_address
         self.send = send.encode() if send is not None else None
         self.expect = re.compile(expect.encode()) if expect is not None else None
@@ -77,14 +79,13 @@ class TcpProbe:
         if self.ssl_context is None and self.send is None and self.expect is None:
             sock.close()
             return
-        where = f"{self.host}:{self.port}"
         if self.ssl_context is not None:
             tracker.enter("tls", "tls")
             try:
                 reader, writer = await open_stream(sock, ssl_context=self.ssl_context,
                                                    server_hostname=self.host)
             except (ssl.SSLError, ConnectionError, EOFError) as exc:
-                raise handshake_failure(exc, where) from exc
+                raise handshake_failure(exc, self._where) from exc
         else:
             reader, writer = await open_stream(sock, limit=_MAX_LINE_BYTES)
         try:
@@ -101,7 +102,7 @@ class TcpProbe:
                 await writer.drain()
             except (ConnectionError, ssl.SSLError) as exc:
                 raise ProbeFailure("request", "connect_reset",
-                                   f"sending to {self.host}:{self.port}: {exc}") from exc
+                                   f"sending to {self._where}: {exc}") from exc
         if self.expect is None:
             return
         tracker.enter("response", "request")
@@ -113,7 +114,7 @@ class TcpProbe:
                 line = await reader.read(_MAX_LINE_BYTES)
             except (ConnectionError, ssl.SSLError) as exc:
                 raise ProbeFailure("response", "response_reset",
-                                   f"reading from {self.host}:{self.port}: {exc}") from exc
+                                   f"reading from {self._where}: {exc}") from exc
             if not line:
                 if seen:
                     excerpt = seen[:_EXCERPT].decode(errors="replace")
@@ -121,7 +122,7 @@ class TcpProbe:
                                        f"no line matched {self.expect.pattern.decode()!r} "
                                        f"(read {excerpt!r})")
                 raise ProbeFailure("response", "response_reset",
-                                   f"{self.host}:{self.port} closed before sending a line")
+                                   f"{self._where} closed before sending a line")
             if self.expect.search(line):
                 return
             seen += line

@@ -17,9 +17,9 @@ import ssl
 import time
 from typing import TYPE_CHECKING
 
+from probenet.addresses import format_host_port, split_host_port
 from probenet.v1 import probenet_pb2 as pb
 
-from ..config import split_host_port
 from .base import PhaseTracker, ProbeFailure, ProbeOutcome
 from .connect import close_stream, connect_socket, open_stream
 from .resolve import Resolver, family_for, resolve_addresses, system_resolver
@@ -102,7 +102,7 @@ class TlsProbe:
         addresses = await resolve_addresses(
             self.host, ip_family=family_for(None, self.source_address), resolver=self.resolver)
         address = addresses[0]
-        where = f"{self.host}:{self.port}"
+        where = format_host_port(self.host, self.port)
         tracker.enter("connect", "connect")
         sock = await connect_socket(address, self.port, source_address=self.source_address)
         tracker.enter("tls", "tls")

@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import signal
 import sys
 import tempfile
 import time
@@ -22,6 +20,7 @@ from probenet.lab.client import CollectorApi
 from probenet.lab.errors import ApiError, FleetError, LabError
 from probenet.lab.fleet import Fleet, FleetPlan, pick_free_port, port_is_free
 from probenet.lab.targets import FaultyTargets
+from probenet.lifecycle import StopSignals
 
 from .errors import DemoError
 from .report import DemoEvent, DemoSummary, FleetObserver
@@ -216,29 +215,32 @@ def _print_fleet_failure(error: FleetError, out: TextIO) -> None:
         _say(error.log_tail, file=out)
 
 
+@contextlib.contextmanager
+def _abandoned_on(stop: asyncio.Event) -> Iterator[None]:
+    """While inside, `stop` cancels the current task (a start is abandoned, not finished)."""
+    task = asyncio.current_task()
+
+    async def cancel_on_stop() -> None:
+        await stop.wait()
+        if task is not None:
+            task.cancel()
+
+    watcher = asyncio.ensure_future(cancel_on_stop())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+
+
 async def _run(options: DemoOptions, out: TextIO) -> int:
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    stop_requested = asyncio.Event()
-    state = {"signals": 0, "playing": False}
+    # A second Ctrl-C exits at once (status 130); the children then get SIGTERM from the
+    # kernel (PR_SET_PDEATHSIG), so none is left running.
+    with StopSignals(log, stop_message="signal received; stopping every child (again to force)",
+                     forced_status=130) as signals:
+        return await _run_until(signals.stop, options, out)
 
-    def on_signal(signum: int) -> None:
-        state["signals"] += 1
-        if state["signals"] > 1:
-            # Second Ctrl-C: leave now. The children get SIGTERM from the kernel
-            # (PR_SET_PDEATHSIG), so none is left running.
-            _say("probenet demo: forced exit", file=sys.stderr)
-            sys.stderr.flush()
-            os._exit(130)
-        log.info("signal received; stopping every child (again to force)",
-                 extra={"signal": signal.Signals(signum).name})
-        stop_requested.set()
-        if not state["playing"] and main_task is not None:
-            main_task.cancel()  # still starting: abandon the start, children are stopped
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
-
+async def _run_until(stop_requested: asyncio.Event, options: DemoOptions, out: TextIO) -> int:
     schedule = demo_schedule(options.interval_s)
     plan = demo_plan(options.interval_s, options.http_port, pick_free_port())
     policy = ScheduledFaults(schedule, plan.agents_by_address())
@@ -255,9 +257,12 @@ async def _run(options: DemoOptions, out: TextIO) -> int:
 
     try:
         with tempfile.TemporaryDirectory(prefix="probenet-demo-") as workdir:
-            async with FaultyTargets(policy, tcp_probes=plan.tcp_probes) as targets, \
-                    Fleet(plan, targets, Path(workdir), log_level=options.log_level) as fleet:
-                state["playing"] = True
+            async with contextlib.AsyncExitStack() as stack:
+                with _abandoned_on(stop_requested):  # children started so far are stopped
+                    targets = await stack.enter_async_context(
+                        FaultyTargets(policy, tcp_probes=plan.tcp_probes))
+                    fleet = await stack.enter_async_context(
+                        Fleet(plan, targets, Path(workdir), log_level=options.log_level))
                 return await _play(options, plan=plan, policy=policy, fleet=fleet,
                                    stop_requested=stop_requested, out=out)
     except asyncio.CancelledError:
@@ -271,9 +276,6 @@ async def _run(options: DemoOptions, out: TextIO) -> int:
     except (DemoError, LabError) as exc:
         _say(f"probenet demo: {exc}", file=out)
         return 1
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
 
 
 async def _play(options: DemoOptions, *, plan: FleetPlan, policy: ScheduledFaults,

@@ -9,7 +9,9 @@ from typing import Any, Self
 
 import aiohttp
 
-from .errors import ApiError, LabError
+from probenet.lifecycle import EnterOnce
+
+from .errors import ApiError, LifecycleError
 from .snapshot import (
     AgentEntry,
     FleetSnapshot,
@@ -33,25 +35,25 @@ class CollectorApi:
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
-        self._entered = False
+        self._lifecycle = EnterOnce("CollectorApi", LifecycleError)
 
     async def __aenter__(self) -> Self:
         """Open the HTTP session."""
-        if self._entered:
-            raise LabError("CollectorApi entered twice")
-        self._entered = True
+        self._lifecycle.enter()
         self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Close the session; idempotent."""
+        if not self._lifecycle.leave():
+            return
         session, self._session = self._session, None
         if session is not None:
             await session.close()
 
     async def _get(self, path: str) -> tuple[int, bytes]:
-        if self._session is None:
-            raise LabError("CollectorApi used outside its context")
+        self._lifecycle.check_running()
+        assert self._session is not None
         try:
             async with self._session.get(self.base_url + path) as response:
                 body = await response.content.read(_MAX_BODY_BYTES + 1)

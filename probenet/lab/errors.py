@@ -3,10 +3,14 @@
 LabError                  anything the lab cannot get past (a bad plan, a child that died)
 ├── FleetError            a child process (collector or agent) failed to start or died
 ├── ApiError              the collector's HTTP API could not be reached or answered badly
-└── TargetsError          the fault-injecting targets could not be set up
+├── TargetsError          the fault-injecting targets could not be set up
+└── LifecycleError        a fleet, client or targets entered twice or used outside its
+                          context (also a probenet.lifecycle.LifecycleError)
 """
 
 from __future__ import annotations
+
+from probenet import lifecycle
 
 
 class LabError(Exception):
@@ -41,3 +45,10 @@ class ApiError(LabError):
 
 class TargetsError(LabError):
     """The fault-injecting targets could not bind or were used wrongly."""
+
+
+class LifecycleError(LabError, lifecycle.LifecycleError):
+    """A fleet, client or set of targets was entered twice, or used outside its context.
+
+    Raised by `probenet.lifecycle.EnterOnce`; `component` names the component.
+    """

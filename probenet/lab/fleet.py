@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import yaml
 
 from probenet.configfile import format_duration
+from probenet.lifecycle import EnterOnce
 
 from .client import CollectorApi
-from .errors import ApiError, FleetError, LabError
+from .errors import ApiError, FleetError, LabError, LifecycleError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -316,8 +317,7 @@ class Fleet:
         self._children: dict[str, _Child] = {}
         self._failures: asyncio.Queue[FleetError] = asyncio.Queue()
         self._task_group: asyncio.TaskGroup | None = None
-        self._entered = False
-        self._closed = False
+        self._lifecycle = EnterOnce("Fleet", LifecycleError)
         self.config_paths: dict[str, Path] = {}
 
     @property
@@ -333,9 +333,7 @@ class Fleet:
 
     async def __aenter__(self) -> Self:
         """Start the collector, then every agent; wait until all are up."""
-        if self._entered:
-            raise LabError("Fleet entered twice")
-        self._entered = True
+        self._lifecycle.enter()
         self._task_group = asyncio.TaskGroup()
         await self._task_group.__aenter__()
         try:
@@ -351,9 +349,8 @@ class Fleet:
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Stop every child; idempotent."""
-        if self._closed:
+        if not self._lifecycle.leave():
             return
-        self._closed = True
         agents = [name for name in self._children if name != "collector"]
         await asyncio.gather(*(self._stop(name) for name in agents))
         if "collector" in self._children:
@@ -372,8 +369,8 @@ class Fleet:
     # -- children --------------------------------------------------------------------------
 
     async def _spawn(self, name: str, subcommand: str, config: Path) -> None:
-        if self._task_group is None or self._closed:
-            raise LabError("Fleet used outside its context")
+        self._lifecycle.check_running()
+        assert self._task_group is not None
         old = self._children.get(name)
         if old is not None and old.process is not None and old.process.returncode is None:
             raise LabError(f"{name} is already running")

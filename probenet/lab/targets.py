@@ -41,7 +41,10 @@ import dns.rdatatype
 import dns.rrset
 from aiohttp import web
 
-from .errors import TargetsError
+from probenet.httpserve import serve_app
+from probenet.lifecycle import EnterOnce
+
+from .errors import LifecycleError, TargetsError
 
 log = logging.getLogger("probenet.lab.targets")
 
@@ -105,8 +108,7 @@ class FaultyTargets:
         self._host = host
         self._max_stall_s = max_stall_s
         self._clock = clock
-        self._entered = False
-        self._closed = False
+        self._lifecycle = EnterOnce("FaultyTargets", LifecycleError)
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._http_port = 0
@@ -124,9 +126,7 @@ class FaultyTargets:
 
     async def __aenter__(self) -> Self:
         """Bind the HTTP, TCP and DNS servers."""
-        if self._entered:
-            raise TargetsError("FaultyTargets entered twice")
-        self._entered = True
+        self._lifecycle.enter()
         try:
             await self._start()
         except BaseException:
@@ -141,14 +141,14 @@ class FaultyTargets:
         app = web.Application()
         app.router.add_get("/", self._index)
         app.router.add_route("*", "/p/{probe}", self._http)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, 0, reuse_address=True)
         try:
-            await site.start()
+            # aiohttp's default wait: stalled requests end on `_closing` before cleanup.
+            site = await serve_app(app, self._host, 0, shutdown_timeout_s=60.0,
+                                   handler_cancellation=True)
         except OSError as exc:
             raise TargetsError(f"cannot bind the HTTP target on {self._host}: {exc}") from exc
-        self._http_port = int(self._runner.addresses[0][1])
+        self._runner = site.runner
+        self._http_port = site.port
 
         self._task_group = asyncio.TaskGroup()
         await self._task_group.__aenter__()
@@ -173,9 +173,8 @@ class FaultyTargets:
 
     async def __aexit__(self, *exc_info: object) -> None:
         """End stalled requests and close every server; safe to call more than once."""
-        if self._closed:
+        if not self._lifecycle.leave():
             return
-        self._closed = True
         self._closing.set()
         if self._dns_transport is not None:
             self._dns_transport.close()

@@ -34,7 +34,7 @@ from probenet.demo.scenario import (
 )
 from probenet.demo.schedule import PHASE_INTERVALS, Fault, Phase, Schedule, ScheduledFaults
 from probenet.demo.table import DemoStatus, render_dashboard
-from probenet.lab.errors import ApiError, LabError, TargetsError
+from probenet.lab.errors import ApiError, LabError, LifecycleError, TargetsError
 from probenet.lab.fleet import AgentSeat, FleetPlan, ProbePlan, write_configs
 from probenet.lab.snapshot import (
     AgentEntry,
@@ -166,7 +166,7 @@ async def test_targets_policy_errors_do_not_break_answers():
 async def test_targets_enter_twice_is_an_error_and_exit_is_idempotent():
     targets = FaultyTargets(by_peer)
     async with targets:
-        with pytest.raises(TargetsError, match="entered twice"):
+        with pytest.raises(LifecycleError, match="FaultyTargets entered twice"):
             await targets.__aenter__()
     await targets.__aexit__(None, None, None)
 

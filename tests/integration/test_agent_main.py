@@ -122,6 +122,35 @@ async def test_sigterm_flushes_buffered_results_and_exits_0(tmp_path):
     assert applied >= len(web.requests) - 2  # runs cut short by the stop send nothing
 
 
+async def test_a_second_sigterm_ends_a_long_flush_at_once_with_status_1(tmp_path):
+    # No collector listens: buffered results keep the flush waiting for the grace period.
+    async with HttpTarget() as web:
+        config = tmp_path / "agent.yaml"
+        config.write_text(agent_yaml(f"127.0.0.1:{free_port()}", web, b_interval="200ms",
+                                     metrics_port=0) + "scheduler: {grace_period: 60s}\n")
+        log = tmp_path / "agent.log"
+        proc = start_agent(config, log)
+        try:
+            await wait_until(lambda: len(web.requests) >= 4, 60)
+            proc.send_signal(signal.SIGTERM)
+            await wait_until(lambda: "flushing results" in log.read_text(), 30)
+            await asyncio.sleep(1.0)  # a second signal, not the first delivered twice
+            assert proc.poll() is None, log.read_text()
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    text = log.read_text()
+    assert code == 1, text
+    assert time.monotonic() - sent < 5
+    assert text.count("stop requested") == 1
+    assert text.count("second signal: exiting at once") == 1
+    assert "agent stopped" not in text
+
+
 def test_bad_config_exits_1_with_positions(tmp_path):
     config = tmp_path / "agent.yaml"
     config.write_text("agent: {id: a, region: r}\ncollectors: [{address: nowhere}]\n")

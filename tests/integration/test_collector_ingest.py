@@ -424,6 +424,38 @@ async def test_each_result_of_a_mixed_batch_keeps_its_own_details(collector):
             line for line in text.splitlines() if line.startswith(("probe_dns", "probenet_icmp")))
 
 
+async def test_only_accepted_results_replace_a_pairs_details(collector):
+    def dns(answers: int, **fields) -> dict:
+        return {"kind": "dns", "dns": pb.DnsDetails(answer_rrs=answers), **fields}
+
+    async def answers() -> float | None:
+        text = (await http_get(collector.http.url + "/metrics"))[2]
+        return metric_value(text, "probe_dns_answer_rrs", probe="ns", agent="fra-1")
+
+    async with TestAgent(collector.grpc_address, "fra-1", "eu") as agent:
+        await agent.send([agent.result("ns", **dns(1)), agent.result("ns", **dns(2))])
+        assert await answers() == 2  # the latest of the batch
+        resent = agent.result("ns", seq=2, **dns(3))  # a duplicate: acked, not applied
+        rejected = agent.result("ns", **dns(4, duration_seconds=-1.0))  # bad_duration
+        await agent.send([resent, rejected])
+        assert await answers() == 2
+        assert rejections(collector, "bad_duration") == 1
+        await agent.send([agent.result("ns", kind="dns")])  # nothing kind-specific
+        assert await answers() is None  # no stale details from an older result
+
+
+async def test_without_kind_details_only_the_per_kind_families_are_missing(tmp_path):
+    config = parse_config(collector_yaml(str(tmp_path / "journal.db")))
+    async with CollectorService(config, kind_details=False) as service:
+        async with TestAgent(service.grpc_address, "fra-1", "eu") as agent:
+            await agent.send([agent.result("web", status_code=200, http=pb.HttpDetails(
+                tls=pb.TlsFacts(earliest_cert_expiry=1_950_000_000)))])
+        text = (await http_get(service.http.url + "/metrics"))[2]
+    assert metric_value(text, "probe_success", probe="web", agent="fra-1") == 1
+    assert "probe_http_status_code" not in text
+    assert "probe_ssl_earliest_cert_expiry" not in text
+
+
 async def test_a_batch_with_a_malformed_result_inside_is_rejected(collector):
     # A well-formed batch envelope around a result that is not protobuf (wire type 7).
     garbage = b"\x07\x01"

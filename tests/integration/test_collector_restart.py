@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from probenet.collector.config import parse_config
+from probenet.collector.errors import LifecycleError
 from probenet.collector.server import CollectorService
 from support.collector_client import (
     StreamEndedError,
@@ -83,7 +85,7 @@ async def test_a_service_is_entered_once_and_left_idempotently(tmp_path):
     config = parse_config(collector_yaml(str(tmp_path / "journal.db")))
     service = CollectorService(config)
     async with service:
-        with pytest.raises(Exception, match="only once"):
+        with pytest.raises(LifecycleError, match="CollectorService entered twice"):
             await service.__aenter__()
     await service.aclose()  # again: nothing happens
     assert service.ready is False
@@ -95,13 +97,13 @@ async def test_a_service_is_entered_once_and_left_idempotently(tmp_path):
 class CollectorProcess:
     """`probenet collector --config F` as a child process on fixed loopback ports."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, extra: str = "") -> None:
         self.grpc_port = free_port()
         self.http_port = free_port()
         self.config = tmp_path / "collector.yaml"
         self.config.write_text(collector_yaml(
             str(tmp_path / "journal.db"), grpc_listen=f"127.0.0.1:{self.grpc_port}",
-            http_listen=f"127.0.0.1:{self.http_port}"))
+            http_listen=f"127.0.0.1:{self.http_port}", extra=extra))
         self.log = tmp_path / "collector.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -185,3 +187,30 @@ async def test_sigterm_drains_streams_and_exits_0(process):
     assert time.monotonic() - started < 30  # generous: "a few seconds" on an idle machine
     log = process.log.read_text()
     assert "collector stopped" in log
+
+
+async def test_a_second_sigterm_ends_a_long_drain_at_once_with_status_1(tmp_path):
+    # An open health Watch keeps gRPC busy for the whole shutdown_grace after the drain.
+    process = CollectorProcess(tmp_path, extra="shutdown_grace: 60s\n")
+    try:
+        await process.start()
+        async with grpc.aio.insecure_channel(process.grpc_address) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=""), timeout=60)
+            serving = health_pb2.HealthCheckResponse.SERVING
+            assert (await watch.read()).status == serving
+            process.proc.send_signal(signal.SIGTERM)
+            assert (await watch.read()).status != serving  # draining, the Watch still open
+            await asyncio.sleep(1.0)  # a second signal, not the first delivered twice
+            assert process.proc.poll() is None
+            sent = time.monotonic()
+            process.proc.send_signal(signal.SIGTERM)
+            assert await process.wait(10) == 1
+            assert time.monotonic() - sent < 5
+            watch.cancel()
+    finally:
+        process.stop()
+    log = process.log.read_text()
+    assert log.count("stopping: draining streams") == 1
+    assert log.count("second signal: exiting at once") == 1
+    assert "collector stopped" not in log

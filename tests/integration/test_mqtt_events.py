@@ -15,8 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from probenet.collector.config import MqttConfig, MqttTlsConfig, parse_config
-from probenet.collector.errors import AlreadyRunningError, ServiceError
-from probenet.collector.events import MqttPublisher, reconnect_delay, topic_level
+from probenet.collector.errors import LifecycleError, ServiceError
+from probenet.collector.events import MqttPublisher
 from probenet.collector.model import (
     JournaledTransition,
     OutageEvent,
@@ -30,6 +30,7 @@ from probenet.collector.model import (
     TargetView,
     rfc3339,
 )
+from probenet.collector.outbox import topic_level
 from probenet.collector.server import CollectorService
 from support.certs import TestCA
 from support.collector_client import ManualClock, TestAgent, collector_yaml
@@ -586,10 +587,10 @@ async def test_wrong_password_or_untrusted_broker_never_raises(tmp_path, prefix,
 async def test_enter_twice_is_an_error_and_exit_is_idempotent(prefix, registry):
     publisher = make_publisher(f"mqtt://127.0.0.1:{free_port()}", prefix, registry)
     async with publisher:
-        with pytest.raises(AlreadyRunningError):
+        with pytest.raises(LifecycleError, match=r"^MqttPublisher entered twice$"):
             await publisher.__aenter__()
     await publisher.__aexit__(None, None, None)
-    with pytest.raises(AlreadyRunningError):
+    with pytest.raises(LifecycleError):
         await publisher.__aenter__()
 
 
@@ -615,15 +616,6 @@ async def test_unrenderable_transition_is_counted_not_raised(broker, prefix, reg
     assert [p["seq"] for p in events_of(received)] == [2]
     assert sample(registry, "probenet_mqtt_dropped_total", kind="event") == 1
     assert sample(registry, "probenet_mqtt_dropped_total", kind="state") == 1
-
-
-def test_reconnect_delay_is_capped_exponential_with_jitter():
-    low = [reconnect_delay(n, initial_s=0.5, max_s=30.0, rand=lambda: 0.0) for n in range(1, 10)]
-    high = [reconnect_delay(n, initial_s=0.5, max_s=30.0, rand=lambda: 1.0)
-            for n in range(1, 10)]
-    assert high == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
-    assert low == [h / 2 for h in high]
-    assert reconnect_delay(10_000, initial_s=0.5, max_s=30.0, rand=lambda: 1.0) == 30.0
 
 
 # -- with the real collector --------------------------------------------------------------

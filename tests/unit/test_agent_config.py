@@ -15,8 +15,8 @@ from probenet.agent.config import (
     TcpOptions,
     load_config,
     parse_config,
-    split_host_port,
 )
+from probenet.cli import check
 from support.system import ROOT
 
 DATA = ROOT / "tests" / "data" / "agent"
@@ -188,40 +188,42 @@ def test_same_probe_ignores_nothing_but_identity():
     assert not first.same_probe(changed)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("127.0.0.1:80", ("127.0.0.1", 80)),
-    ("[::1]:7070", ("::1", 7070)),
-    ("example.com:443", ("example.com", 443)),
-])
-def test_split_host_port(text, expected):
-    assert split_host_port(text) == expected
-
-
-@pytest.mark.parametrize("text", ["example.com", "::1:80", "[::1]", "a b:80", "host:0", ":80",
-                                  "[example.com]:80"])
-def test_split_host_port_rejects(text):
-    with pytest.raises(ValueError):
-        split_host_port(text)
-
-
-def test_bare_ipv6_dns_server_gets_the_default_port():
-    assert split_host_port("::1", default_port=53) == ("::1", 53)
-
-
-def test_a_missing_probe_module_is_a_config_error_naming_the_probe(monkeypatch):
+def test_a_missing_probe_module_is_a_config_error_naming_the_probe(monkeypatch, tmp_path,
+                                                                    capsys):
     from probenet.agent import probes  # noqa: PLC0415
+    from probenet.agent.main import run  # noqa: PLC0415
 
-    monkeypatch.setitem(probes.PROBE_MODULES, "grpc", "probenet.agent.probes.not_installed")
-    with pytest.raises(ConfigError) as caught:
-        parse_config("""
+    path = tmp_path / "agent.yaml"
+    path.write_text("""\
 agent: {id: a, region: r}
 collectors: [{address: "127.0.0.1:1"}]
 probes:
   - {name: health, kind: grpc, target: "127.0.0.1:50051"}
 """)
-    assert [str(i) for i in caught.value.issues] == [
-        ("<string>:5:26: probe kind 'grpc' is not available in this build "
-        "(probenet.agent.probes.not_installed is missing)")]
+    expected = (f"{path}:4:26: probe kind 'grpc' is not available in this build "
+                "(probenet.agent.probes.not_installed is missing)")
+    assert check([path]) == 0  # every module is there
+    capsys.readouterr()
+    monkeypatch.setitem(probes.PROBE_MODULES, "grpc", "probenet.agent.probes.not_installed")
+    # The check is the probe registry's (the config module does not import the probes);
+    # `probenet check` and the agent's start both run it, and report the probe's position.
+    assert check([path]) == 1
+    assert capsys.readouterr().err.splitlines() == [expected]
+    assert run(path) == 1
+    assert capsys.readouterr().err.splitlines() == [expected]
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, checks=(probes.unavailable_kinds,))
+    assert [str(i) for i in caught.value.issues] == [expected]
+
+
+def test_loading_a_config_does_not_import_the_probes():
+    code = ("import sys; from probenet.agent.config import parse_config; "
+            "parse_config('agent: {id: a, region: r}\\ncollectors: [{address: \"x:1\"}]\\n"
+            "probes: [{name: p, kind: grpc, target: \"x:1\"}]'); "
+            "print(sorted(m for m in sys.modules if m.startswith('probenet.agent.probes')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_every_kind_builds_through_the_registry():

@@ -10,10 +10,8 @@ import pytest
 
 from probenet.collector.config import (
     CollectorConfig,
-    is_loopback_host,
     load_config,
     parse_config,
-    split_host_port,
 )
 from probenet.collector.model import ClassificationParams
 from probenet.configfile import ConfigError
@@ -40,8 +38,8 @@ BROKEN = {
         "2:17: classification.global_ratio: Input should be less than or equal to 1",
         "3:19: classification.impaired_ratio: Input should be greater than 0"],
     "bad_host_port.yaml": [
-        "2:9: listen.grpc: 'localhost' is not host:port (e.g. 127.0.0.1:7070)",
-        "3:9: listen.http: '127.0.0.1:99999' has no valid port (0-65535)"],
+        "2:9: listen.grpc: invalid address 'localhost': expected host:port",
+        "3:9: listen.http: invalid port '99999' in '127.0.0.1:99999': expected 0-65535"],
     "bad_mqtt.yaml": [
         ("2:8: mqtt.url: 'http://127.0.0.1:1883' is not an MQTT URL like "
          "mqtt://127.0.0.1:1883 or mqtts://broker:8883"),
@@ -180,25 +178,29 @@ def test_a_public_address_with_tls_still_needs_a_registry(tmp_path):
     assert "no agents registry" in issue.message
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("127.0.0.1:7070", ("127.0.0.1", 7070)),
-    ("[::1]:0", ("::1", 0)),
-    ("collector.example.net:443", ("collector.example.net", 443)),
+@pytest.mark.parametrize(("grpc", "loopback"), [
+    ("127.0.0.1:0", True), ("[::1]:7070", True), ("localhost:7070", True),
+    ("0.0.0.0:7070", False), ("[::]:7070", False), ("collector.example:7070", False),
 ])
-def test_host_port_splits(text, expected):
-    assert split_host_port(text) == expected
+def test_grpc_on_loopback(grpc, loopback):
+    config = parse_config(f'listen: {{grpc: "{grpc}"}}\ninsecure: true\n')
+    assert config.grpc_on_loopback is loopback
 
 
-@pytest.mark.parametrize("text", ["7070", ":7070", "::1:7070", "[::1]7070", "host:port",
-                                  "host:-1"])
-def test_host_port_refuses(text):
-    with pytest.raises(ValueError):
-        split_host_port(text)
-
-
-@pytest.mark.parametrize(("host", "loopback"), [
-    ("localhost", True), ("127.0.0.1", True), ("127.9.9.9", True), ("::1", True),
-    ("0.0.0.0", False), ("::", False), ("10.0.0.1", False), ("collector.example", False),
+@pytest.mark.parametrize(("text", "message"), [
+    ("listen: {grpc: '[::1]7070'}",
+     "1:16: listen.grpc: invalid address '[::1]7070': expected [host]:port"),
+    ("listen: {http: '::1:9464'}",
+     ("1:16: listen.http: invalid address '::1:9464': write an IPv6 address as "
+      "[addr]:port")),
+    ("agents: [{id: fra-1, region: eu central}]",
+     ("1:30: agents[0].region: invalid name 'eu central': use letters, digits and _ . : @ - "
+      "(starting with a letter or digit, at most 128 characters)")),
+    ("agents: [{id: a, region: r, labels: {net-work: x}}]",
+     ("1:37: agents[0].labels: invalid label name 'net-work': use letters, digits and _ "
+      "(not starting with a digit, at most 128 characters)")),
 ])
-def test_loopback_hosts(host, loopback):
-    assert is_loopback_host(host) is loopback
+def test_addresses_names_and_labels_follow_the_shared_rules(text, message):
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text)
+    assert [str(i) for i in raised.value.issues] == [f"<string>:{message}"]

@@ -1,4 +1,5 @@
-"""Per-kind facts (`details_of`) and the blackbox_exporter-compatible families built from them,
+"""Per-kind facts, the store of each pair's latest details, and the blackbox_exporter-compatible
+families built from them at scrape time: a real Classifier joined with a real `LatestDetails`,
 read back through a real prometheus_client registry and checked by promtool."""
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import subprocess
+import tracemalloc
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -20,16 +22,15 @@ from probenet.agent.probes import build_probe
 from probenet.agent.probes.attempt import run_attempt
 from probenet.agent.results import to_wire
 from probenet.collector import details
-from probenet.collector.classify import Classifier, PairSample
-from probenet.collector.metrics import ClassifierMetrics
+from probenet.collector.classify import Classifier
+from probenet.collector.details import KindDetailsMetrics, LatestDetails
+from probenet.collector.metrics import PAIR_LABELS, ClassifierMetrics
 from probenet.collector.model import ClassificationParams
 from probenet.v1 import probenet_pb2 as pb
 from support.certs import TestCA
 from support.system import need_binary
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
-
     from prometheus_client.core import Metric
 
 EXPIRY = 1_900_000_000
@@ -44,29 +45,36 @@ def result(kind: str, *, probe: str | None = None, success: bool = True, status_
         **oneof)
 
 
-def sample_of(message: pb.ProbeResult, agent: str = "fra-1",
-              region: str = "eu-central") -> PairSample:
-    return PairSample(agent=agent, region=region, probe=message.probe, target=message.target,
-                      kind=message.kind, success=message.success,
-                      duration_seconds=message.duration_seconds,
-                      status_code=message.status_code, at=1.0,
-                      details=details.details_of(message))
+class Fleet:
+    """A real Classifier and LatestDetails, fed the way the ingest feeds them."""
 
+    def __init__(self) -> None:
+        self.classifier = Classifier(ClassificationParams())
+        self.details = LatestDetails()
+        self.now = 100.0
 
-class SamplesCollector:
-    """A prometheus_client collector serving kind_metric_families over fixed samples."""
+    def send(self, agent: str, region: str, *messages: pb.ProbeResult) -> None:
+        """Apply `messages` to the classifier, then keep their bytes (as the ingest does)."""
+        self.now += 1
+        self.classifier.agent_connected(agent, region, {}, 10.0, self.now)
+        self.classifier.apply(agent, messages, self.now)
+        self.details.update(agent, {m.probe: m.SerializeToString() for m in messages})
 
-    def __init__(self, samples: Iterable[PairSample]) -> None:
-        self.samples = list(samples)
+    def families(self) -> dict[str, Metric]:
+        """One scrape of the per-kind families, by name."""
+        return {family.name: family for family in
+                KindDetailsMetrics(self.classifier, self.details).collect()}
 
-    def collect(self) -> Iterator[Metric]:
-        return details.kind_metric_families(self.samples)
+    def registry(self) -> CollectorRegistry:
+        registry = CollectorRegistry()
+        registry.register(KindDetailsMetrics(self.classifier, self.details))
+        return registry
 
 
 def registry_of(*messages: pb.ProbeResult) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    registry.register(SamplesCollector(sample_of(m) for m in messages))
-    return registry
+    fleet = Fleet()
+    fleet.send("fra-1", "eu-central", *messages)
+    return fleet.registry()
 
 
 def labels(message: pb.ProbeResult, **extra: str) -> dict[str, str]:
@@ -95,19 +103,11 @@ GRPC_NOT_SERVING = result("grpc", success=False, phases={"resolve": 0.0, "connec
                           grpc=pb.GrpcDetails(serving_status="NOT_SERVING"))
 
 
-# --------------------------------------------------------------------------- details_of
+# --------------------------------------------------------------------------- facts_of
 
 
-def test_nothing_to_keep_is_none():
+def test_nothing_kind_specific_gives_none():
     assert details.facts_of(result("tcp")) is None
-    assert details.details_of(result("tcp")) is None
-
-
-def test_ingest_keeps_wire_bytes_that_decode_to_the_same_facts():
-    kept = details.details_of(HTTPS)
-    assert isinstance(kept, bytes)
-    assert details._decode(kept) == details.facts_of(HTTPS)
-    assert details._decode(b"\xff\xff garbage") is None
 
 
 def test_phases_without_details_are_kept():
@@ -245,18 +245,108 @@ def test_grpc_state_set():
 
 
 def test_one_series_per_agent_and_no_empty_families():
-    first = sample_of(ICMP, agent="fra-1", region="eu-central")
-    second = sample_of(ICMP, agent="iad-1", region="us-east")
-    families = {f.name: f for f in details.kind_metric_families([first, second])}
+    fleet = Fleet()
+    assert fleet.families() == {}
+    fleet.send("fra-1", "eu-central", ICMP)
+    fleet.send("iad-1", "us-east", ICMP)
+    families = fleet.families()
     loss = families["probenet_icmp_packet_loss_ratio"]
     assert sorted(s.labels["agent"] for s in loss.samples) == ["fra-1", "iad-1"]
     assert "probe_http_status_code" not in families
-    assert list(details.kind_metric_families([])) == []
 
 
-def test_samples_without_details_yield_nothing_but_http():
-    tcp = sample_of(result("tcp"))
-    assert list(details.kind_metric_families([tcp])) == []
+def test_results_without_details_yield_nothing_but_http():
+    fleet = Fleet()
+    fleet.send("fra-1", "eu-central", result("tcp"))
+    assert fleet.families() == {}
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def test_a_scrape_decodes_each_result_once_and_keeps_the_facts():
+    fleet = Fleet()
+    fleet.send("fra-1", "eu-central", DNS, TLS)
+    first = generate_latest(fleet.registry())
+    assert fleet.details.kept("fra-1", DNS.probe) == details.facts_of(DNS)  # not bytes now
+    assert fleet.details.kept("fra-1", TLS.probe) == details.facts_of(TLS)
+    assert generate_latest(fleet.registry()) == first
+
+
+def test_the_next_result_replaces_the_facts_even_without_details():
+    fleet = Fleet()
+    fleet.send("fra-1", "eu-central", DNS)
+    registry = fleet.registry()
+    assert registry.get_sample_value("probe_dns_answer_rrs", labels(DNS)) == 2
+    fewer = result("dns", phases={"resolve": 0.001}, dns=pb.DnsDetails(answer_rrs=7))
+    fleet.send("fra-1", "eu-central", fewer)
+    assert registry.get_sample_value("probe_dns_answer_rrs", labels(DNS)) == 7
+    fleet.send("fra-1", "eu-central", result("dns"))  # nothing kind-specific this time
+    assert registry.get_sample_value("probe_dns_answer_rrs", labels(DNS)) is None
+    assert len(fleet.details) == 0  # nothing to keep for the pair
+
+
+def test_labels_come_from_the_classifier_at_scrape_time():
+    fleet = Fleet()
+    fleet.send("fra-1", "eu-central", TLS)
+    registry = fleet.registry()
+    assert registry.get_sample_value("probe_ssl_earliest_cert_expiry", labels(TLS)) == EXPIRY + 5
+    # The agent comes back in another region: the pair moves, its details with it.
+    fleet.classifier.agent_connected("fra-1", "eu-west", {}, 10.0, fleet.now + 1)
+    assert registry.get_sample_value("probe_ssl_earliest_cert_expiry", labels(TLS)) is None
+    moved = {**labels(TLS), "region": "eu-west"}
+    assert registry.get_sample_value("probe_ssl_earliest_cert_expiry", moved) == EXPIRY + 5
+
+
+def test_details_of_pairs_the_classifier_does_not_have_are_dropped_unexported():
+    fleet = Fleet()
+    fleet.send("fra-1", "eu-central", ICMP)
+    # Entries without a pair: an agent the classifier never saw, a probe it never had.
+    fleet.details.update("gone-1", {ICMP.probe: ICMP.SerializeToString()})
+    fleet.details.update("fra-1", {"gone-probe": ICMP.SerializeToString()})
+    assert len(fleet.details) == 3
+    loss = fleet.families()["probenet_icmp_packet_loss_ratio"]
+    assert [(s.labels["agent"], s.labels["probe"]) for s in loss.samples] == [
+        ("fra-1", ICMP.probe)]
+    assert len(fleet.details) == 1
+    assert fleet.details.kept("gone-1", ICMP.probe) is None
+
+
+def test_the_store_holds_one_entry_per_pair_however_many_results():
+    fleet = Fleet()
+    for _ in range(50):
+        fleet.send("fra-1", "eu-central", HTTPS, DNS)
+        fleet.send("iad-1", "us-east", DNS)
+    assert len(fleet.details) == 3
+    fleet.families()
+    assert len(fleet.details) == 3
+
+
+def test_every_agent_shares_one_string_per_probe_name():
+    store = LatestDetails()
+    wire = HTTPS.SerializeToString()
+    agents, probes = 100, 200
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for agent in range(agents):
+            # Names read from messages: a new string object for every agent.
+            store.update(f"a{agent}", {f"probe-{i:05d}": wire for i in range(probes)})
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(store) == agents * probes
+    assert grown / (agents * probes) < 60  # a dict entry, not a dict entry and a name
+
+
+def test_undecodable_bytes_give_no_series_and_the_scrape_goes_on():
+    fleet = Fleet()
+    fleet.send("fra-1", "eu-central", DNS, ICMP)
+    fleet.details.update("fra-1", {DNS.probe: b"\xff\xff garbage"})
+    families = fleet.families()
+    assert "probe_dns_answer_rrs" not in families
+    assert "probenet_icmp_packet_loss_ratio" in families
+    assert len(fleet.details) == 1
 
 
 @given(st.sampled_from(["http", "dns", "icmp", "tls", "grpc", "tcp"]),
@@ -287,7 +377,8 @@ def test_any_result_exports_without_error(kind, phases, text):
 def test_exposition_passes_promtool_check_metrics():
     promtool = need_binary("promtool", "prometheus")
     registry = registry_of(HTTPS, DNS, ICMP, TLS, GRPC_NOT_SERVING,
-                           result("http", success=False, phases={"connect": 0.1}))
+                           result("http", probe="down", success=False,
+                                  phases={"connect": 0.1}))
     exposition = generate_latest(registry)
     assert b"probe_grpc_healthcheck_response{" in exposition
     checked = subprocess.run([promtool, "check", "metrics"], input=exposition,
@@ -298,16 +389,16 @@ def test_exposition_passes_promtool_check_metrics():
 
 @pytest.mark.parametrize("message", [HTTPS, DNS, ICMP, TLS, GRPC_NOT_SERVING])
 def test_every_family_carries_the_pair_labels(message):
-    for family in details.kind_metric_families([sample_of(message)]):
+    for family in registry_of(message).collect():
         for sample in family.samples:
-            assert set(details.PAIR_LABELS) <= set(sample.labels), family.name
+            assert set(PAIR_LABELS) <= set(sample.labels), family.name
 
 
 # --------------------------------------------------------------------------- end to end
 
 
 async def test_real_probe_results_through_classifier_and_collector_metrics(tmp_path):
-    """Real tls and grpc probes -> wire results -> Classifier -> ClassifierMetrics scrape."""
+    """Real tls and grpc probes -> wire results -> Classifier and LatestDetails -> scrape."""
     ca = TestCA(tmp_path)
     leaf = ca.issue("localhost", "127.0.0.1", days_valid=20)
     tls_server = await asyncio.start_server(
@@ -334,11 +425,10 @@ async def test_real_probe_results_through_classifier_and_collector_metrics(tmp_p
         await tls_server.wait_closed()
         await grpc_server.stop(grace=None)
 
-    classifier = Classifier(ClassificationParams(), details_of=details.details_of)
-    classifier.agent_connected("fra-1", "eu-central", {}, 10.0, 100.0)
-    classifier.apply("fra-1", results, 100.0)
-    registry = CollectorRegistry()
-    registry.register(ClassifierMetrics(classifier))
+    fleet = Fleet()
+    fleet.send("fra-1", "eu-central", *results)
+    registry = fleet.registry()
+    registry.register(ClassifierMetrics(fleet.classifier))
     pair = {"region": "eu-central", "agent": "fra-1"}
     cert = {"probe": "cert", "target": f"127.0.0.1:{tls_port}", "kind": "tls", **pair}
     healthy = {"probe": "health", "target": f"127.0.0.1:{grpc_port}", "kind": "grpc", **pair}
