@@ -254,12 +254,11 @@ class LatestDetails:
         kept = self._by_agent.get(agent_id)
         if kept is None:
             kept = self._by_agent[agent_id] = {}
-        size = len(kept)
-        kept.update(latest)
-        if len(kept) != size:  # new pairs (rare): key them all by the shared names
+        if latest.keys() <= kept.keys():
+            kept.update(latest)  # the usual case: every pair known, its key object kept
+        else:  # new pairs (rare): key this batch by the shared names
             names = self._names
-            self._by_agent[agent_id] = {names.setdefault(probe, probe): details
-                                        for probe, details in kept.items()}
+            kept.update({names.setdefault(probe, probe): data for probe, data in latest.items()})
 
     def join(self, samples: Iterable[PairSample]
              ) -> Iterator[tuple[PairSample, ResultFacts | None]]:
