@@ -21,6 +21,8 @@ lint: venv
 bench: venv
 	.venv/bin/python benchmarks/ingest.py
 	.venv/bin/python benchmarks/agent_probes.py
+	.venv/bin/python benchmarks/scrape.py
+	.venv/bin/python benchmarks/fleet.py
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -62,6 +62,7 @@ from probenet.configfile import (
     resolve_path,
 )
 from probenet.kinds import PROBE_KINDS, ProbeKind
+from probenet.names import MAX_LABEL_LENGTH
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -98,6 +99,8 @@ DnsRecord = Literal["A", "AAAA", "CNAME", "MX", "NS", "TXT", "SOA", "PTR", "SRV"
 DnsRcode = Literal["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
                    "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE"]
 
+# The collector's default limits.max_target_length.
+MAX_TARGET_LENGTH = 2048
 _HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _STATUS = re.compile(r"[1-5](?:xx|[0-9]{2})")
 
@@ -408,9 +411,11 @@ class ProbeSpec(FrozenModel):
     """One probe definition, with interval, timeout and confirm_delay resolved (seconds)."""
 
     name: Name
-    service: str = ""
+    # Both become label values at the collector, which refuses longer ones (its default
+    # limits.max_label_value_length and max_target_length): a valid config never is.
+    service: str = Field("", max_length=MAX_LABEL_LENGTH)
     kind: ProbeKind
-    target: str
+    target: str = Field(max_length=MAX_TARGET_LENGTH)
     # 0.0 until resolved from `defaults` by AgentConfig; always > 0 afterwards.
     interval: PositiveDuration = 0.0
     timeout: PositiveDuration = 0.0

@@ -31,27 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from procs import cpu_seconds, pin, rss_bytes
+from wire import HTTP_FACTS, METHOD
 
 from probenet.v1 import probenet_pb2 as pb
 
-METHOD = "/probenet.v1.Ingest/Stream"
 REGIONS = ("eu", "us", "ap", "sa")
 WINDOW = 4  # batches in flight per stream
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-def rss_bytes(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
-
-
-def pin(cpu: int) -> None:
-    os.sched_setaffinity(0, {cpu})
 
 
 # -- servers (child processes) -------------------------------------------------------------
@@ -130,8 +116,11 @@ def collector_server(conn: Any, cpu: int, folder: str, details: bool = True) -> 
                 if command == "stop":
                     break
                 if command == "scrape":
+                    # The /metrics page's own render where the service has one; before it,
+                    # /metrics was generate_latest over the registry.
+                    page = getattr(service, "page", None)
                     started = perf()
-                    exposition = generate_latest(registry)
+                    exposition = page.render() if page is not None else generate_latest(registry)
                     conn.send({"scrape_s": perf() - started, "series": sum(
                         1 for line in exposition.splitlines() if not line.startswith(b"#"))})
                     continue
@@ -147,17 +136,6 @@ def collector_server(conn: Any, cpu: int, folder: str, details: bool = True) -> 
 
 
 # -- load (child process) ------------------------------------------------------------------
-
-
-HTTP_FACTS: dict[str, Any] = {
-    "phases": [pb.PhaseDuration(name=name, seconds=seconds) for name, seconds in (
-        ("resolve", 0.0004), ("connect", 0.002), ("tls", 0.004), ("processing", 0.008),
-        ("transfer", 0.0005))],
-    "http": pb.HttpDetails(http_version="HTTP/2", redirects=0, content_length=5120,
-                           tls=pb.TlsFacts(earliest_cert_expiry=1_800_000_000,
-                                           version="TLS 1.3", cipher="TLS_AES_128_GCM_SHA256")),
-}
-"""What an agent's https result carries: every timing phase and the HTTP/TLS facts."""
 
 
 def _templates(agent: int, probes: int, batch: int) -> list[pb.AgentMessage]:

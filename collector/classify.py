@@ -61,6 +61,7 @@ from .model import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
+    from collections.abc import Set as AbstractSet
 
 
 class ResultLike(Protocol):
@@ -676,6 +677,16 @@ class Classifier:
     def agents(self) -> list[AgentView]:
         """Every agent ever seen, sorted by id."""
         return [self._agents[agent_id].view() for agent_id in sorted(self._agents)]
+
+    def agent_probes(self, agent_id: str) -> AbstractSet[str]:
+        """The probes `agent_id` has a pair of here (empty for an agent never seen).
+
+        A live view, for the ingest's per-agent probe cap: read it at once, do not keep it
+        across calls that apply results. Pairs are kept for good (an expired pair only stops
+        being fresh), so an agent's count only grows until the collector restarts.
+        """
+        agent = self._agents.get(agent_id)
+        return agent.pairs.keys() if agent is not None else frozenset()
 
     def open_outages(self) -> list[OutageRecord]:
         """Open outage records of every kind, oldest detection first."""

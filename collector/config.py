@@ -7,7 +7,9 @@
     classification: {global_ratio, min_regions, ...}
     journal: {path: probenet.db}
     mqtt: {url, topic_prefix, qos, ...}             # optional
-    limits: {max_message_bytes, max_batch_results, hello_timeout}
+    limits: {max_message_bytes, max_batch_results, hello_timeout, max_agents,
+             max_unregistered_agents, max_probes_per_agent, max_target_length,
+             max_reason_length, max_label_value_length, max_result_bytes}
     collector_id: <hostname>
     tick: 1s
     shutdown_grace: 5s
@@ -39,7 +41,9 @@ from probenet.configfile import (
     load_text,
     resolve_path,
 )
+from probenet.names import MAX_LABEL_LENGTH
 
+from .metrics import MAX_FAILURE_SERIES, PerAgent
 from .model import ClassificationParams
 
 MIB = 1024 * 1024
@@ -184,11 +188,44 @@ class MqttConfig(FrozenModel):
 
 
 class LimitsConfig(FrozenModel):
-    """Limits the collector enforces on agents (sent to them in Welcome)."""
+    """Limits the collector enforces on agents, so that one broken or hostile agent is harmless.
+
+    `max_message_bytes` and `max_batch_results` are sent to agents in Welcome. The others
+    are enforced at ingest (collector/ingest.py), each with a counted rejection reason in
+    `probenet_ingest_rejections_total{reason}`: a stream over an agent limit is refused
+    (`too_many_agents`, gRPC RESOURCE_EXHAUSTED: the agent retries with its backoff); a
+    result over a per-result limit is dropped but acknowledged (`too_many_probes`,
+    `field_too_long`, `result_too_large`), and the agent's other results are applied.
+    """
 
     max_message_bytes: int = Field(4 * MIB, ge=64 * 1024, le=256 * MIB)
     max_batch_results: int = Field(5000, ge=1, le=1_000_000)
     hello_timeout: Duration = 10.0
+    # Agent streams open at once. A reconnect of an agent id that has a stream open (a new
+    # stream replacing the old one) is never refused by it.
+    max_agents: int = Field(10_000, ge=1, le=1_000_000)
+    # Without an `agents` registry only: distinct agent ids accepted since the collector
+    # started (it keeps every agent it has seen, with its probes, until it restarts). A known
+    # id may always reconnect; a new one beyond it is refused. With a registry, the registry
+    # bounds the ids.
+    max_unregistered_agents: int = Field(10_000, ge=1, le=1_000_000)
+    # Distinct probe names one agent may report (the (agent, probe) pairs the collector
+    # holds for it, across reconnects). A result for a new probe beyond it is rejected; the
+    # agent's existing probes keep being applied.
+    max_probes_per_agent: int = Field(5000, ge=1, le=1_000_000)
+    # Characters of a result's target (a label of probe_success and friends).
+    max_target_length: int = Field(2048, ge=16, le=65_536)
+    # Characters of a failure's machine-readable reason (a label of the failure counts).
+    max_reason_length: int = Field(64, ge=8, le=1024)
+    # Characters of the other agent-supplied label values: agent id, region and version in
+    # Hello, Hello label values (the shared name and label rule caps them at 128 already;
+    # this can only lower it), and a result's service.
+    max_label_value_length: int = Field(MAX_LABEL_LENGTH, ge=8, le=MAX_LABEL_LENGTH)
+    # Serialized bytes of one result, kept per (agent, probe) pair for the per-kind metrics
+    # until the next scrape decodes them: this bounds the error text, the address and the
+    # details (a real agent's result is well under 1 KiB; it cuts its error at 512 chars).
+    # Checked where result bytes are kept (per-kind details on).
+    max_result_bytes: int = Field(16 * 1024, ge=1024, le=256 * MIB)
 
     @field_validator("hello_timeout")
     @classmethod
@@ -196,6 +233,50 @@ class LimitsConfig(FrozenModel):
         if not 0 < value <= 3600:
             raise ValueError("must be between 0s and 1h")
         return value
+
+
+class MetricsConfig(FrozenModel):
+    """What /metrics exports per (probe, agent) pair: the series count is the user's choice.
+
+        metrics:
+          per_agent: all            # all | success | none
+          per_kind_details: true    # default: true when per_agent is all, else false
+          max_failure_series: 50000
+
+    The classification families (probenet_region_up, probenet_target_state,
+    probenet_outage_active, probenet_target_flapping, probenet_monitoring_degraded), the
+    per-agent health (probenet_agent_up, probenet_agent_impaired, probenet_region_isolated)
+    and probenet_probe_failures_total are always exported. The defaults export everything
+    (what the shipped dashboards read): at 100,000 pairs of https probes that is about 16
+    series per pair, 1.6 million in all.
+    """
+
+    # all: probe_success and probe_duration_seconds per (probe, agent) pair; success: only
+    # probe_success; none: no per-pair series at all.
+    per_agent: PerAgent = "all"
+    # The blackbox_exporter-compatible per-kind families per pair (probe_http_status_code,
+    # probe_ssl_earliest_cert_expiry, ...; about 14 series per https pair). They need
+    # per_agent: all; unset, they follow it.
+    per_kind_details: bool | None = None
+    # Distinct (probe, region, phase, reason) series of probenet_probe_failures_total;
+    # beyond it, new reasons are counted under reason="other".
+    max_failure_series: int = Field(MAX_FAILURE_SERIES, ge=1, le=10_000_000)
+
+    @field_validator("per_kind_details")
+    @classmethod
+    def _details_need_pairs(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        per_agent = info.data.get("per_agent", "all")
+        if value and per_agent != "all":
+            raise ValueError(f"true needs per_agent: all, not {per_agent!r} (a pair's details "
+                             "are of no use without its probe_success and duration)")
+        return value
+
+    @property
+    def kind_details(self) -> bool:
+        """True when the per-kind families are exported (and their store kept)."""
+        if self.per_kind_details is None:
+            return self.per_agent == "all"
+        return self.per_kind_details
 
 
 def _positive(value: float) -> float:
@@ -215,6 +296,7 @@ class CollectorConfig(FrozenModel):
     journal: JournalConfig = Field(default_factory=JournalConfig)
     mqtt: MqttConfig | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     collector_id: Name = Field(default_factory=socket.gethostname)
     tick: Annotated[Duration, AfterValidator(_positive)] = 1.0
     shutdown_grace: Annotated[Duration, AfterValidator(_positive)] = 5.0
@@ -305,4 +387,6 @@ def config_summary(config: CollectorConfig) -> dict[str, Any]:
         "registry": len(config.agents) if config.agents is not None else None,
         "journal": config.journal.path,
         "mqtt": config.mqtt.url if config.mqtt else None,
+        "metrics": (f"per_agent={config.metrics.per_agent} "
+                    f"per_kind_details={config.metrics.kind_details}"),
     }

@@ -45,21 +45,19 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from google.protobuf.message import DecodeError
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from probenet.v1 import probenet_pb2 as pb
 
-from .metrics import PAIR_LABELS
+from .metrics import PAIR_LABELS, FamilySpec
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
 
-    from prometheus_client.core import Metric
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
     from .classify import Classifier, PairSample
 
@@ -68,7 +66,10 @@ log = logging.getLogger(__name__)
 HTTP_PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 DNS_PHASES = ("resolve", "connect", "request")
 ICMP_PHASES = ("resolve", "setup", "rtt")
-KNOWN_PHASES = frozenset((*HTTP_PHASES, *DNS_PHASES, *ICMP_PHASES))
+# Every phase name kept, in the order facts keep them (each name once, the first seen).
+PHASE_ORDER = tuple(dict.fromkeys((*HTTP_PHASES, *DNS_PHASES, *ICMP_PHASES)))
+KNOWN_PHASES = frozenset(PHASE_ORDER)
+_PHASE_SLOT = {name: slot for slot, name in enumerate(PHASE_ORDER)}
 # Each known name to its one string: facts are kept per pair, a name read is a new string.
 _PHASE_NAMES = {name: name for name in KNOWN_PHASES}
 _PHASE_KINDS = frozenset(("http", "dns", "icmp"))  # kinds with a per-phase family
@@ -80,8 +81,63 @@ _finite = math.isfinite
 Phases = tuple[tuple[str, float], ...]
 
 
-@dataclass(slots=True)
-class TlsSummary:
+def _pair_gauge(name: str, documentation: str, *extra: str) -> FamilySpec:
+    return FamilySpec(name, documentation, "gauge", (*PAIR_LABELS, *extra))
+
+
+# The per-kind families, each described once for both renderers (`KindDetailsMetrics` and
+# `collector.exposition.MetricsPage`).
+DNS_LOOKUP = _pair_gauge("probe_dns_lookup_time_seconds",
+                         "Time taken to resolve the target's name.")
+HTTP_STATUS = _pair_gauge("probe_http_status_code",
+                          "HTTP status code of the response, 0 if none.")
+HTTP_DURATION = _pair_gauge("probe_http_duration_seconds",
+                            "Duration of each phase of the HTTP request.", "phase")
+HTTP_VERSION = _pair_gauge("probe_http_version", "HTTP version of the response.")
+HTTP_REDIRECTS = _pair_gauge("probe_http_redirects", "Number of redirects followed.")
+HTTP_CONTENT_LENGTH = _pair_gauge("probe_http_content_length",
+                                  "Length of the response body, bytes.")
+HTTP_SSL = _pair_gauge("probe_http_ssl", "1 when the final request used TLS.")
+SSL_EXPIRY = _pair_gauge("probe_ssl_earliest_cert_expiry",
+                         "Earliest expiry of the certificate chain, unix seconds.")
+TLS_VERSION = _pair_gauge("probe_tls_version_info", "The TLS version used (value 1).",
+                          "version")
+TLS_CIPHER = _pair_gauge("probe_tls_cipher_info", "The TLS cipher suite used (value 1).",
+                         "cipher")
+DNS_DURATION = _pair_gauge("probe_dns_duration_seconds",
+                           "Duration of each phase of the DNS query.", "phase")
+DNS_ANSWER_RRS = _pair_gauge("probe_dns_answer_rrs", "Records in the answer section.")
+DNS_AUTHORITY_RRS = _pair_gauge("probe_dns_authority_rrs", "Records in the authority section.")
+DNS_ADDITIONAL_RRS = _pair_gauge("probe_dns_additional_rrs",
+                                 "Records in the additional section.")
+ICMP_DURATION = _pair_gauge(
+    "probe_icmp_duration_seconds",
+    "Duration of each phase of the ICMP probe (rtt: mean round trip).", "phase")
+ICMP_LOSS = _pair_gauge("probenet_icmp_packet_loss_ratio",
+                        "Share of echo requests left unanswered (0 to 1).")
+ICMP_RTT = _pair_gauge("probenet_icmp_rtt_seconds", "Echo round-trip time statistics.", "stat")
+GRPC_HEALTH = _pair_gauge("probe_grpc_healthcheck_response",
+                          "Health check serving status (1 for the current one).",
+                          "serving_status")
+
+
+def phase_seconds(phases: Phases, name: str) -> float | None:
+    """Seconds spent in timing phase `name` (the first of that name), or None."""
+    for phase_name, seconds in phases:
+        if phase_name == name:
+            return seconds
+    return None
+
+
+# The facts are named tuples, and the store keeps them as flat plain tuples (`pack`): the
+# garbage collector stops tracking a plain tuple of numbers and strings at the first
+# collection that sees it, where it tracks a slotted object (or a named tuple) for good, and
+# a tuple holding tuples until a collection has untracked those first. With 100,000 pairs,
+# kept objects made every full collection ~300 ms longer, and each scrape's new facts set
+# one off. The last field, `tag`, names the class.
+
+
+class TlsSummary(NamedTuple):
     """The TLS facts of a handshake (`probenet.v1.TlsFacts`)."""
 
     earliest_cert_expiry: int  # unix seconds, 0 when unknown
@@ -89,78 +145,170 @@ class TlsSummary:
     cipher: str
 
 
-@dataclass(slots=True)
-class ResultFacts:
+class ResultFacts(NamedTuple):
     """Timing phases a result's metrics need (kinds without a per-phase family: resolve only).
 
-    The base of every facts value; subclasses add a kind's details. Not frozen, because a
-    frozen dataclass costs a third more to build, and a scrape builds one per pair: treat
-    them as read-only.
+    The facts of a result without kind-specific details; the other facts add a kind's.
+    `phases` holds known names only, each once (the first the result gave), in
+    `PHASE_ORDER`.
     """
 
     phases: Phases
+    tag: str = ""
 
     def phase(self, name: str) -> float | None:
         """Seconds spent in timing phase `name`, or None when the result has none."""
-        for phase_name, seconds in self.phases:
-            if phase_name == name:
-                return seconds
-        return None
+        return phase_seconds(self.phases, name)
 
 
-@dataclass(slots=True)
-class HttpFacts(ResultFacts):
+class HttpFacts(NamedTuple):
     """An http result's facts."""
 
+    phases: Phases
     http_version: float  # 0.0 when unknown
     redirects: int
     content_length: int
     tls: TlsSummary | None
+    tag: str = "http"
+
+    def phase(self, name: str) -> float | None:
+        """Seconds spent in timing phase `name`, or None when the result has none."""
+        return phase_seconds(self.phases, name)
 
 
-@dataclass(slots=True)
-class DnsFacts(ResultFacts):
+class DnsFacts(NamedTuple):
     """A dns result's facts."""
 
+    phases: Phases
     answer_rrs: int
     authority_rrs: int
     additional_rrs: int
     rcode: str
+    tag: str = "dns"
+
+    def phase(self, name: str) -> float | None:
+        """Seconds spent in timing phase `name`, or None when the result has none."""
+        return phase_seconds(self.phases, name)
 
 
-@dataclass(slots=True)
-class IcmpFacts(ResultFacts):
+class IcmpFacts(NamedTuple):
     """An icmp result's facts."""
 
+    phases: Phases
     sent: int
     received: int
     rtt_min_seconds: float
     rtt_avg_seconds: float
     rtt_max_seconds: float
     rtt_stddev_seconds: float
+    tag: str = "icmp"
+
+    def phase(self, name: str) -> float | None:
+        """Seconds spent in timing phase `name`, or None when the result has none."""
+        return phase_seconds(self.phases, name)
 
 
-@dataclass(slots=True)
-class TlsProbeFacts(ResultFacts):
+class TlsProbeFacts(NamedTuple):
     """A tls result's facts."""
 
+    phases: Phases
     tls: TlsSummary
+    tag: str = "tls"
+
+    def phase(self, name: str) -> float | None:
+        """Seconds spent in timing phase `name`, or None when the result has none."""
+        return phase_seconds(self.phases, name)
 
 
-@dataclass(slots=True)
-class GrpcFacts(ResultFacts):
+class GrpcFacts(NamedTuple):
     """A grpc result's facts."""
 
+    phases: Phases
     serving_status: str  # one of SERVING_STATUSES
+    tag: str = "grpc"
+
+    def phase(self, name: str) -> float | None:
+        """Seconds spent in timing phase `name`, or None when the result has none."""
+        return phase_seconds(self.phases, name)
+
+
+Facts = ResultFacts | HttpFacts | DnsFacts | IcmpFacts | TlsProbeFacts | GrpcFacts
+PackedFacts = tuple[Any, ...]
+"""Facts as the store keeps them: a flat plain tuple of numbers, strings and None. First one
+slot per name of `PHASE_ORDER` (seconds, or None), then the named tuple's other fields in
+order, `tls` as three (earliest_cert_expiry, version, cipher; None each without TLS);
+`tag` last. `packed_layout` gives the index of each field."""
+
+_FACTS_BY_TAG: dict[str, type[Facts]] = {
+    cls._field_defaults["tag"]: cls
+    for cls in (ResultFacts, HttpFacts, DnsFacts, IcmpFacts, TlsProbeFacts, GrpcFacts)}
+_NO_TLS = (None, None, None)
+
+
+def packed_layout(cls: type[Facts]) -> dict[str, int]:
+    """Field name -> index in packed facts of `cls` (`tls` -> its first of three)."""
+    layout = {}
+    at = len(PHASE_ORDER)
+    for name in cls._fields[1:]:
+        layout[name] = at
+        at += 3 if name == "tls" else 1
+    return layout
+
+
+def pack(facts: Facts) -> PackedFacts:
+    """`facts` as the store keeps them (`PackedFacts`)."""
+    items: list[Any] = [None] * len(PHASE_ORDER)
+    for name, seconds in facts.phases:
+        slot = _PHASE_SLOT[name]
+        if items[slot] is None:
+            items[slot] = seconds
+    for item in facts[1:]:
+        if isinstance(item, TlsSummary):
+            items.extend(item)
+        elif item is None:  # HttpFacts.tls, the only field that may be None
+            items.extend(_NO_TLS)
+        else:
+            items.append(item)
+    return tuple(items)
+
+
+def unpack(packed: PackedFacts) -> Facts:
+    """The named tuple `packed` was made of."""
+    cls = _FACTS_BY_TAG[packed[-1]]
+    phase_count = len(PHASE_ORDER)
+    phases = tuple((name, seconds) for name, seconds in zip(PHASE_ORDER, packed[:phase_count],
+                                                            strict=True)
+                   if seconds is not None)
+    fields: list[Any] = [phases]
+    at = phase_count
+    for name in cls._fields[1:]:
+        if name == "tls":
+            tls = packed[at:at + 3]
+            fields.append(None if tls == _NO_TLS else TlsSummary._make(tls))
+            at += 3
+        else:
+            fields.append(packed[at])
+            at += 1
+    return cls._make(fields)
+
+
+def packed_phase(packed: PackedFacts, name: str) -> float | None:
+    """`phase_seconds` of packed facts (None for a name not in `PHASE_ORDER`)."""
+    slot = _PHASE_SLOT.get(name)
+    seconds: float | None = None if slot is None else packed[slot]
+    return seconds
 
 
 def _phases(phases: Any) -> Phases:
-    kept = []
+    slots: list[float | None] = [None] * len(PHASE_ORDER)
     for phase in phases:
         name, seconds = _PHASE_NAMES.get(phase.name), phase.seconds
         if name is not None and _finite(seconds):
-            kept.append((name, seconds))
-    return tuple(kept)
+            slot = _PHASE_SLOT[name]
+            if slots[slot] is None:  # the first of a name counts (`phase_seconds`)
+                slots[slot] = seconds
+    return tuple((name, seconds) for name, seconds in zip(PHASE_ORDER, slots, strict=True)
+                 if seconds is not None)
 
 
 def _resolve_only(phases: Any) -> Phases:
@@ -183,7 +331,7 @@ def _http_version(text: str) -> float:
     return value if math.isfinite(value) and value > 0 else 0.0
 
 
-def facts_of(result: Any) -> ResultFacts | None:
+def facts_of(result: Any) -> Facts | None:
     """What the metrics need of one `probenet.v1.ProbeResult` (None when there is nothing)."""
     try:
         which = result.WhichOneof("details")
@@ -216,37 +364,41 @@ def facts_of(result: Any) -> ResultFacts | None:
     return ResultFacts(resolve)
 
 
-def _decode(wire: bytes) -> ResultFacts | None:
+def _decode(wire: bytes) -> PackedFacts | None:
     try:
-        return facts_of(pb.ProbeResult.FromString(wire))
+        facts = facts_of(pb.ProbeResult.FromString(wire))
     except DecodeError:
         return None
+    return None if facts is None else pack(facts)
 
 
 class LatestDetails:
     """The latest per-kind details of each (agent, probe) pair, as the ingest accepted them.
 
     An entry holds the wire bytes of the pair's latest `probenet.v1.ProbeResult` until a
-    scrape decodes them into its `ResultFacts`, kept until the next result replaces them.
-    Each `join` keeps only the pairs it was given, so the store follows the classifier's
-    pairs and never outgrows them.
+    scrape decodes them into its facts (packed, `pack`), kept until the next result replaces
+    them.
+    Each scrape keeps only the pairs it was given (`join` at once, `scrape` in steps), so
+    the store follows the classifier's pairs and never outgrows them.
     """
 
-    __slots__ = ("_by_agent", "_names")
+    __slots__ = ("_by_agent", "_names", "_scrapes")
 
     def __init__(self) -> None:
         """An empty store."""
-        self._by_agent: dict[str, dict[str, bytes | ResultFacts]] = {}
+        self._by_agent: dict[str, dict[str, bytes | PackedFacts]] = {}
         # One string per probe name, shared by every agent's entry: a name read from a
         # message is a new string each time, and one per pair would cost 60 bytes a pair.
         self._names: dict[str, str] = {}
+        # Scrapes in progress (`scrape`): each learns which pairs were written meanwhile.
+        self._scrapes: list[DetailsScrape] = []
 
     def __len__(self) -> int:
         """Pairs with details kept."""
         return sum(len(kept) for kept in self._by_agent.values())
 
-    def kept(self, agent_id: str, probe: str) -> bytes | ResultFacts | None:
-        """What is kept for the pair now: wire bytes, or their facts once a scrape read them."""
+    def kept(self, agent_id: str, probe: str) -> bytes | PackedFacts | None:
+        """What is kept for the pair: wire bytes, or packed facts once a scrape read them."""
         return self._by_agent.get(agent_id, {}).get(probe)
 
     def update(self, agent_id: str, latest: Mapping[str, bytes]) -> None:
@@ -254,6 +406,8 @@ class LatestDetails:
         kept = self._by_agent.get(agent_id)
         if kept is None:
             kept = self._by_agent[agent_id] = {}
+        for scrape in self._scrapes:  # usually none
+            scrape.written(agent_id, latest)
         if latest.keys() <= kept.keys():
             kept.update(latest)  # the usual case: every pair known, its key object kept
         else:  # new pairs (rare): key this batch by the shared names
@@ -261,18 +415,18 @@ class LatestDetails:
             kept.update({names.setdefault(probe, probe): data for probe, data in latest.items()})
 
     def join(self, samples: Iterable[PairSample]
-             ) -> Iterator[tuple[PairSample, ResultFacts | None]]:
+             ) -> Iterator[tuple[PairSample, Facts | None]]:
         """Each sample with its pair's facts (None when it has none), decoded once per result.
 
         Pass every live pair (`Classifier.samples()`): once the iteration completes, the
         entries of pairs that were not among `samples` are gone.
         """
         by_agent = self._by_agent
-        joined: dict[str, dict[str, bytes | ResultFacts]] = {}
+        joined: dict[str, dict[str, bytes | PackedFacts]] = {}
         names: dict[str, str] = {}
         agent: str | None = None
-        kept: Mapping[str, bytes | ResultFacts] = {}
-        keep: dict[str, bytes | ResultFacts] = {}
+        kept: Mapping[str, bytes | PackedFacts] = {}
+        keep: dict[str, bytes | PackedFacts] = {}
         for sample in samples:
             if sample.agent != agent:
                 agent = sample.agent
@@ -280,14 +434,107 @@ class LatestDetails:
                 keep = joined.setdefault(agent, {})
             probe = sample.probe  # the classifier's string, one per probe name
             names[probe] = probe
-            facts = kept.get(probe)
-            if isinstance(facts, bytes):
-                facts = _decode(facts)
-            if facts is not None:
-                keep[probe] = facts
-            yield sample, facts
+            packed = kept.get(probe)
+            if isinstance(packed, bytes):
+                packed = _decode(packed)
+            if packed is not None:
+                keep[probe] = packed
+            yield sample, None if packed is None else unpack(packed)
         self._by_agent = joined
         self._names = names
+
+    def scrape(self) -> DetailsScrape:
+        """Start a scrape that reads the store in steps, between which the ingest may write.
+
+        Read each live pair with `DetailsScrape.facts`, then run `DetailsScrape.prune`
+        (entries of pairs neither read nor written meanwhile are dropped, as `join` drops
+        them), or `close` it to give up without pruning.
+        """
+        scrape = DetailsScrape(self)
+        self._scrapes.append(scrape)
+        return scrape
+
+
+class DetailsScrape:
+    """One scrape of a `LatestDetails` store, read pair by pair across event-loop turns.
+
+    Nothing here iterates the store's live dicts across a step: each `facts` call looks its
+    pair up afresh, and `prune` walks a snapshot of the agents, one agent's entries at once.
+    Pairs the ingest writes while the scrape runs are kept, whether the scrape saw them or
+    not: they are live.
+    """
+
+    __slots__ = ("_open", "_seen", "_store", "_written")
+
+    def __init__(self, store: LatestDetails) -> None:
+        """Use `LatestDetails.scrape`, which registers the scrape for writes."""
+        self._store = store
+        self._seen: dict[str, set[str]] = {}  # agent -> probes read (with an entry)
+        self._written: dict[str, set[str]] = {}  # agent -> probes written since the start
+        self._open = True
+
+    def written(self, agent_id: str, probes: Iterable[str]) -> None:
+        """The ingest wrote these pairs' entries (called by `LatestDetails.update`)."""
+        found = self._written.get(agent_id)
+        if found is None:
+            found = self._written[agent_id] = set()
+        found.update(probes)
+
+    def facts(self, sample: PairSample) -> PackedFacts | None:
+        """The pair's packed facts (None when it has none), decoded at most once per result."""
+        agent = sample.agent
+        kept = self._store._by_agent.get(agent)  # noqa: SLF001 - the store's own reader
+        if kept is None:
+            return None
+        probe = sample.probe
+        facts = kept.get(probe)
+        if facts is None:
+            return None
+        if isinstance(facts, bytes):
+            facts = _decode(facts)
+            if facts is None:  # nothing to keep (as `join` keeps nothing)
+                del kept[probe]
+                return None
+            kept[probe] = facts
+        seen = self._seen.get(agent)
+        if seen is None:
+            seen = self._seen[agent] = set()
+        seen.add(probe)
+        return facts
+
+    def prune(self, entries_per_step: int = 50_000) -> Iterator[None]:
+        """Drop the entries of pairs neither read nor written since the scrape began.
+
+        A generator: it yields after about `entries_per_step` entries checked, so that the
+        caller can return to the event loop. The scrape is closed once it is exhausted.
+        """
+        store = self._store
+        checked = 0
+        try:
+            for agent, kept in list(store._by_agent.items()):  # noqa: SLF001
+                if checked >= entries_per_step:
+                    checked = 0
+                    yield
+                if store._by_agent.get(agent) is not kept:  # noqa: SLF001 - gone meanwhile
+                    continue
+                checked += len(kept)
+                live = self._seen.get(agent, set())
+                written = self._written.get(agent)
+                if written:
+                    live = live | written
+                if not live:
+                    del store._by_agent[agent]  # noqa: SLF001
+                elif not kept.keys() <= live:
+                    for probe in [probe for probe in kept if probe not in live]:
+                        del kept[probe]
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop following the store's writes (idempotent); the store is left as it is."""
+        if self._open:
+            self._open = False
+            self._store._scrapes.remove(self)  # noqa: SLF001
 
 
 class KindDetailsMetrics(Collector):
@@ -316,101 +563,88 @@ class _Families:
     """The gauge families of one scrape, created when first needed."""
 
     def __init__(self) -> None:
-        self.by_name: dict[str, GaugeMetricFamily] = {}
+        self.by_name: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
 
-    def add(self, name: str, documentation: str, labels: tuple[str, ...], value: float, *,
-            extra: tuple[str, ...] = (), extra_values: tuple[str, ...] = ()) -> None:
-        family = self.by_name.get(name)
+    def add(self, spec: FamilySpec, labels: tuple[str, ...], value: float,
+            extra_values: tuple[str, ...] = ()) -> None:
+        family = self.by_name.get(spec.name)
         if family is None:
-            family = GaugeMetricFamily(name, documentation, labels=[*PAIR_LABELS, *extra])
-            self.by_name[name] = family
+            family = self.by_name[spec.name] = spec.family()
         family.add_metric([*labels, *extra_values], value)
 
 
 def _export_tls(families: _Families, labels: tuple[str, ...], tls: TlsSummary) -> None:
     if tls.earliest_cert_expiry > 0:
-        families.add("probe_ssl_earliest_cert_expiry",
-                     "Earliest expiry of the certificate chain, unix seconds.", labels,
-                     tls.earliest_cert_expiry)
+        families.add(SSL_EXPIRY, labels, tls.earliest_cert_expiry)
     if tls.version:
-        families.add("probe_tls_version_info", "The TLS version used (value 1).", labels, 1,
-                     extra=("version",), extra_values=(tls.version,))
+        families.add(TLS_VERSION, labels, 1, (tls.version,))
     if tls.cipher:
-        families.add("probe_tls_cipher_info", "The TLS cipher suite used (value 1).", labels, 1,
-                     extra=("cipher",), extra_values=(tls.cipher,))
+        families.add(TLS_CIPHER, labels, 1, (tls.cipher,))
 
 
-def _export_phases(families: _Families, name: str, documentation: str, *,
-                   labels: tuple[str, ...], facts: ResultFacts, names: tuple[str, ...],
+def _export_phases(families: _Families, spec: FamilySpec, *, labels: tuple[str, ...],
+                   facts: Facts, names: tuple[str, ...],
                    overrides: dict[str, float] | None = None) -> None:
     for phase in names:
         seconds = overrides.get(phase) if overrides else None
         if seconds is None:
             seconds = facts.phase(phase) or 0.0
-        families.add(name, documentation, labels, seconds, extra=("phase",),
-                     extra_values=(phase,))
+        families.add(spec, labels, seconds, (phase,))
 
 
 def _export_http(families: _Families, labels: tuple[str, ...], sample: PairSample,
-                 facts: ResultFacts | None) -> None:
-    families.add("probe_http_status_code", "HTTP status code of the response, 0 if none.",
-                 labels, sample.status_code)
+                 facts: Facts | None) -> None:
+    families.add(HTTP_STATUS, labels, sample.status_code)
     if facts is None:
         return
-    _export_phases(families, "probe_http_duration_seconds",
-                   "Duration of each phase of the HTTP request.", labels=labels, facts=facts,
-                   names=HTTP_PHASES)
+    _export_phases(families, HTTP_DURATION, labels=labels, facts=facts, names=HTTP_PHASES)
     if not isinstance(facts, HttpFacts):
         return
     if facts.http_version:
-        families.add("probe_http_version", "HTTP version of the response.", labels,
-                     facts.http_version)
-    families.add("probe_http_redirects", "Number of redirects followed.", labels,
-                 facts.redirects)
-    families.add("probe_http_content_length", "Length of the response body, bytes.", labels,
-                 facts.content_length)
-    families.add("probe_http_ssl", "1 when the final request used TLS.", labels,
-                 1 if facts.tls is not None else 0)
+        families.add(HTTP_VERSION, labels, facts.http_version)
+    families.add(HTTP_REDIRECTS, labels, facts.redirects)
+    families.add(HTTP_CONTENT_LENGTH, labels, facts.content_length)
+    families.add(HTTP_SSL, labels, 1 if facts.tls is not None else 0)
     if facts.tls is not None:
         _export_tls(families, labels, facts.tls)
 
 
-def _export_dns(families: _Families, labels: tuple[str, ...], facts: ResultFacts) -> None:
-    _export_phases(families, "probe_dns_duration_seconds",
-                   "Duration of each phase of the DNS query.", labels=labels, facts=facts,
-                   names=DNS_PHASES)
+def _export_dns(families: _Families, labels: tuple[str, ...], facts: Facts) -> None:
+    _export_phases(families, DNS_DURATION, labels=labels, facts=facts, names=DNS_PHASES)
     if isinstance(facts, DnsFacts):
-        families.add("probe_dns_answer_rrs", "Records in the answer section.", labels,
-                     facts.answer_rrs)
-        families.add("probe_dns_authority_rrs", "Records in the authority section.", labels,
-                     facts.authority_rrs)
-        families.add("probe_dns_additional_rrs", "Records in the additional section.", labels,
-                     facts.additional_rrs)
+        families.add(DNS_ANSWER_RRS, labels, facts.answer_rrs)
+        families.add(DNS_AUTHORITY_RRS, labels, facts.authority_rrs)
+        families.add(DNS_ADDITIONAL_RRS, labels, facts.additional_rrs)
 
 
-def _export_icmp(families: _Families, labels: tuple[str, ...], facts: ResultFacts) -> None:
+def _export_icmp(families: _Families, labels: tuple[str, ...], facts: Facts) -> None:
     icmp = facts if isinstance(facts, IcmpFacts) else None
     # blackbox_exporter's rtt phase is one echo's round trip: export the mean round trip,
     # not the wall time of the whole exchange (which includes the spacing).
     rtt = {"rtt": icmp.rtt_avg_seconds if icmp and icmp.received else 0.0}
-    _export_phases(families, "probe_icmp_duration_seconds",
-                   "Duration of each phase of the ICMP probe (rtt: mean round trip).",
-                   labels=labels, facts=facts, names=ICMP_PHASES, overrides=rtt)
+    _export_phases(families, ICMP_DURATION, labels=labels, facts=facts, names=ICMP_PHASES,
+                   overrides=rtt)
     if icmp is None:
         return
     if icmp.sent:
-        families.add("probenet_icmp_packet_loss_ratio",
-                     "Share of echo requests left unanswered (0 to 1).", labels,
-                     (icmp.sent - min(icmp.received, icmp.sent)) / icmp.sent)
+        families.add(ICMP_LOSS, labels, icmp_loss_ratio(icmp))
     if icmp.received:
-        stats = (icmp.rtt_min_seconds, icmp.rtt_avg_seconds, icmp.rtt_max_seconds,
-                 icmp.rtt_stddev_seconds)
-        for stat, seconds in zip(ICMP_STATS, stats, strict=True):
-            families.add("probenet_icmp_rtt_seconds", "Echo round-trip time statistics.",
-                         labels, seconds, extra=("stat",), extra_values=(stat,))
+        for stat, seconds in zip(ICMP_STATS, icmp_rtt_stats(icmp), strict=True):
+            families.add(ICMP_RTT, labels, seconds, (stat,))
 
 
-def kind_metric_families(pairs: Iterable[tuple[PairSample, ResultFacts | None]]
+def icmp_loss_ratio(icmp: IcmpFacts) -> float:
+    """Share of echo requests left unanswered (more replies than requests count as none)."""
+    return (icmp.sent - min(icmp.received, icmp.sent)) / icmp.sent
+
+
+def icmp_rtt_stats(icmp: IcmpFacts) -> tuple[float, float, float, float]:
+    """The round-trip statistics in `ICMP_STATS` order."""
+    return (icmp.rtt_min_seconds, icmp.rtt_avg_seconds, icmp.rtt_max_seconds,
+            icmp.rtt_stddev_seconds)
+
+
+def kind_metric_families(pairs: Iterable[tuple[PairSample, Facts | None]]
                          ) -> list[Metric]:
     """blackbox_exporter-compatible per-kind families: each pair's latest sample and facts.
 
@@ -425,8 +659,7 @@ def kind_metric_families(pairs: Iterable[tuple[PairSample, ResultFacts | None]]
         if facts is not None:
             resolve = facts.phase("resolve")
             if resolve is not None:
-                families.add("probe_dns_lookup_time_seconds",
-                             "Time taken to resolve the target's name.", labels, resolve)
+                families.add(DNS_LOOKUP, labels, resolve)
         if kind == "http":
             _export_http(families, labels, sample, facts)
         elif facts is None:
@@ -439,8 +672,6 @@ def kind_metric_families(pairs: Iterable[tuple[PairSample, ResultFacts | None]]
             _export_tls(families, labels, facts.tls)
         elif isinstance(facts, GrpcFacts):
             for status in SERVING_STATUSES:
-                families.add("probe_grpc_healthcheck_response",
-                             "Health check serving status (1 for the current one).", labels,
-                             1 if status == facts.serving_status else 0,
-                             extra=("serving_status",), extra_values=(status,))
+                families.add(GRPC_HEALTH, labels, 1 if status == facts.serving_status else 0,
+                             (status,))
     return list(families.by_name.values())

@@ -15,11 +15,23 @@ once per (agent, reason). Reasons:
 
 - stream level (the stream ends with a status): `no_hello`, `hello_timeout`, `bad_hello`,
   `unknown_agent`, `missing_token`, `bad_token`, `wrong_region`, `identity_mismatch`,
-  `stale_epoch`, `malformed`, `message_too_large`, `empty_message`, `unexpected_hello`,
-  `batch_too_large`, `draining` (messages over twice `max_message_bytes` are cut by grpc
-  itself, uncounted);
+  `stale_epoch`, `too_many_agents`, `malformed`, `message_too_large`, `empty_message`,
+  `unexpected_hello`, `batch_too_large`, `draining` (messages over twice
+  `max_message_bytes` are cut by grpc itself, uncounted);
 - result level (the result is dropped, acknowledged, and the stream goes on): `bad_seq`,
-  `seq_order`, `bad_probe`, `bad_kind`, `bad_duration`, `bad_phase`, `field_too_long`.
+  `seq_order`, `bad_probe`, `bad_kind`, `bad_duration`, `bad_phase`, `field_too_long`,
+  `result_too_large`, `too_many_probes`.
+
+The `limits` section (collector/config.py, `LimitsConfig`) makes one agent harmless to the
+others: `max_agents` streams at once and, without a registry, `max_unregistered_agents`
+distinct agent ids (`too_many_agents`, RESOURCE_EXHAUSTED, so the agent backs off and
+retries; an agent id with a stream open may always replace it); `max_probes_per_agent`
+distinct probes per agent (`too_many_probes`: the (agent, probe) pairs the classifier holds,
+so the cap holds across reconnects); lengths of the target, failure reason, service and Hello
+strings (`field_too_long`, `bad_hello`); and the bytes of one result kept for the per-kind
+details (`result_too_large`). On the per-result path each length or size check is one field
+read; the probe cap costs a set lookup per result only in a batch that could cross it, and
+nothing otherwise.
 """
 
 from __future__ import annotations
@@ -59,8 +71,6 @@ KINDS = frozenset(PROBE_KINDS)
 # Probe names already found valid, remembered so that the check of each result is a set
 # lookup; bounded, so a peer sending endless new names only makes the check slower.
 MAX_KNOWN_PROBES = 100_000
-MAX_TARGET = 2048
-MAX_REASON = 64
 DEFAULT_INTERVAL_S = 30.0
 _PHASES = len(PHASE_NAMES)
 _INF = math.inf
@@ -71,10 +81,10 @@ _PARSE_ERRORS = (DecodeError, RuntimeError, ValueError)
 # series exists from the start at 0, so alert rules and increase() see the first one.
 REJECTION_REASONS = (
     "no_hello", "hello_timeout", "bad_hello", "unknown_agent", "missing_token", "bad_token",
-    "wrong_region", "identity_mismatch", "stale_epoch", "malformed", "message_too_large",
-    "empty_message", "unexpected_hello", "batch_too_large", "draining",
+    "wrong_region", "identity_mismatch", "stale_epoch", "too_many_agents", "malformed",
+    "message_too_large", "empty_message", "unexpected_hello", "batch_too_large", "draining",
     "bad_seq", "seq_order", "bad_probe", "bad_kind", "bad_duration", "bad_phase",
-    "field_too_long",
+    "field_too_long", "result_too_large", "too_many_probes",
 )
 
 
@@ -196,6 +206,9 @@ class IngestServicer:
         self._sessions: dict[str, _Session] = {}
         self._logged: set[tuple[str, str]] = set()
         self._known_probes: set[str] = set()
+        # Agent ids accepted since start: the classifier keeps each one (with its pairs)
+        # until a restart, so without a registry `max_unregistered_agents` counts these.
+        self._agent_ids: set[str] = set()
         self._draining = False
 
     @classmethod
@@ -302,6 +315,7 @@ class IngestServicer:
         if issue is not None:
             raise StreamRejectedError(_S.INVALID_ARGUMENT, "bad_hello", f"labels: {issue}")
         labels = dict(hello.labels)
+        self._check_hello_lengths(hello, labels)
         if self._registry is not None:
             labels.update(self._authenticate(hello, context))
         watermark = self._watermarks.get(agent)
@@ -310,6 +324,8 @@ class IngestServicer:
                 _S.FAILED_PRECONDITION, "stale_epoch",
                 f"epoch {hello.epoch} is older than {watermark.epoch}, already seen "
                 f"from {agent}")
+        self._check_agent_room(agent)
+        self._agent_ids.add(agent)
         if watermark is None or hello.epoch > watermark.epoch:
             watermark = Watermark(hello.epoch, 0)
             self._watermarks[agent] = watermark
@@ -329,6 +345,39 @@ class IngestServicer:
             "agent": agent, "region": region, "epoch": hello.epoch,
             "acked_seq": watermark.seq, "version": hello.version, "peer": context.peer()})
         return session
+
+    def _check_hello_lengths(self, hello: pb.Hello, labels: Mapping[str, str]) -> None:
+        """Hello's strings within `max_label_value_length` (they become label values)."""
+        cap = self._limits.max_label_value_length
+        values = [("agent_id", hello.agent_id), ("region", hello.region),
+                  ("version", hello.version)]
+        values.extend((f"labels[{key!r}]", value) for key, value in labels.items())
+        for field_name, value in values:
+            if len(value) > cap:
+                raise StreamRejectedError(
+                    _S.INVALID_ARGUMENT, "bad_hello",
+                    f"{field_name}: {len(value)} characters long; at most {cap} are allowed "
+                    "(limits.max_label_value_length)")
+
+    def _check_agent_room(self, agent: str) -> None:
+        """Refuse a new agent beyond `max_agents` streams or `max_unregistered_agents` ids.
+
+        An agent with a stream open replaces it (the count stays), so it is never refused;
+        RESOURCE_EXHAUSTED tells a refused agent to back off and retry.
+        """
+        limits = self._limits
+        if agent not in self._sessions and len(self._sessions) >= limits.max_agents:
+            raise StreamRejectedError(
+                _S.RESOURCE_EXHAUSTED, "too_many_agents",
+                f"{len(self._sessions)} agent streams are open; the limit is "
+                f"{limits.max_agents} (limits.max_agents); retry later")
+        if (self._registry is None and agent not in self._agent_ids
+                and len(self._agent_ids) >= limits.max_unregistered_agents):
+            raise StreamRejectedError(
+                _S.RESOURCE_EXHAUSTED, "too_many_agents",
+                f"{len(self._agent_ids)} agent ids seen without a registry; the limit is "
+                f"{limits.max_unregistered_agents} (limits.max_unregistered_agents); "
+                "known ids may reconnect")
 
     def _authenticate(self, hello: pb.Hello, context: grpc.aio.ServicerContext
                       ) -> Mapping[str, str]:
@@ -417,6 +466,17 @@ class IngestServicer:
         failures = self._failures
         kinds = KINDS
         known_probes = self._known_probes
+        limits = self._limits
+        max_target = limits.max_target_length
+        max_reason = limits.max_reason_length
+        max_service = limits.max_label_value_length
+        max_result = limits.max_result_bytes
+        # The probe cap: the agent's probes are the pairs the classifier holds (across
+        # reconnects). Checked per result only in a batch that could cross it.
+        held = self._classifier.agent_probes(session.agent)
+        room = limits.max_probes_per_agent - len(held)
+        capped = len(results) > room
+        added: set[str] = set()  # new probes accepted in this batch, while capped
         accepted: list[pb.ProbeResult] = []
         kept: dict[str, bytes] = {}  # probe -> wire bytes of its latest accepted result
         duplicates = 0
@@ -439,23 +499,32 @@ class IngestServicer:
                     reason = "bad_kind"
                 elif not 0.0 <= result.duration_seconds < _INF:
                     reason = "bad_duration"
-                elif len(result.target) > MAX_TARGET:
+                elif len(result.target) > max_target or len(result.service) > max_service:
                     reason = "field_too_long"
+                # With the details store, every result that gets this far reads its wire
+                # bytes here (`wire`, kept below if it is accepted): they are what is kept.
+                elif details is not None and len(wire := wires[index]) > max_result:
+                    reason = "result_too_large"
+                elif capped and probe not in held and probe not in added and (
+                        len(added) >= room):
+                    reason = "too_many_probes"
                 elif not result.success:
                     phase = result.failed_phase
                     failure_reason = result.reason
                     if not (0 <= phase < _PHASES and 0 <= result.timeout_phase < _PHASES):
                         reason = "bad_phase"
-                    elif len(failure_reason) > MAX_REASON:
+                    elif len(failure_reason) > max_reason:
                         reason = "field_too_long"
                     else:
                         failures.add(probe, region, PHASE_NAMES[phase], failure_reason)
             if reason is None:
                 accepted.append(result)
+                if capped and probe not in held:
+                    added.add(probe)
                 if details is not None:
                     # Every result's bytes, with or without details: testing for them costs
                     # more here than decoding a few bare results at scrape time.
-                    kept[probe] = wires[index]
+                    kept[probe] = wire
             else:
                 if rejected is None:
                     rejected = {}
@@ -475,10 +544,31 @@ class IngestServicer:
         if rejected:
             for reason, count in rejected.items():
                 metrics.rejected.inc(count)
-                self._count_rejection(session.agent, reason, "invalid result", count,
+                self._count_rejection(session.agent, reason,
+                                      self._result_rejection_detail(reason, len(held)), count,
                                       counted_result=True)
         return pb.CollectorMessage(ack=pb.Ack(
             epoch=watermark.epoch, acked_seq=watermark.seq)).SerializeToString()
+
+    def _result_rejection_detail(self, reason: str, probes: int) -> str:
+        """The log detail of a result-level rejection: the limit it broke, by its config key.
+
+        `probes` is the agent's count of distinct probes now (for `too_many_probes`).
+        """
+        limits = self._limits
+        if reason == "too_many_probes":
+            return (f"results for new probes: the agent reports {probes} distinct probes; "
+                    f"the limit is {limits.max_probes_per_agent} "
+                    "(limits.max_probes_per_agent); its known probes are still applied")
+        if reason == "field_too_long":
+            return (f"a field over its limit: target {limits.max_target_length}, service "
+                    f"{limits.max_label_value_length}, failure reason "
+                    f"{limits.max_reason_length} characters (limits.max_target_length, "
+                    "max_label_value_length, max_reason_length)")
+        if reason == "result_too_large":
+            return (f"a result over {limits.max_result_bytes} bytes "
+                    "(limits.max_result_bytes)")
+        return "invalid result"
 
     def _count_rejection(self, agent: str, reason: str, message: str, count: int = 1, *,
                          counted_result: bool = False) -> None:

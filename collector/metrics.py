@@ -1,16 +1,20 @@
 """Prometheus metrics: ingest counters, and the classifier's state read at scrape time.
 
-Everything is registered on a registry passed in, never the global default. Ingest counts
-per batch (never per result); probe failures are counted in a plain dict at ingest and
-exported as a counter family; the classifier's verdicts are read when Prometheus scrapes
-(`ClassifierMetrics`, a custom collector). The blackbox_exporter-compatible per-kind
-metrics (`probe_http_status_code`, `probe_ssl_earliest_cert_expiry`, ...) have their own
-store and collector, `collector.details.KindDetailsMetrics`, labelled with `PAIR_LABELS`.
+Ingest counts per batch (never per result) on a registry passed in, never the global
+default; probe failures are counted in a plain dict at ingest and exported as a counter
+family. The classifier's verdicts are read when Prometheus scrapes. Each scrape-time family
+is described once here, by a `FamilySpec` (name, help, type, labels), which both renderers
+share: `collector.exposition.MetricsPage`, the /metrics page that formats them itself in
+bounded chunks, and `ClassifierMetrics`, the prometheus_client collector kept as the
+reference implementation (tests and benchmarks compare the two). The
+blackbox_exporter-compatible per-kind metrics (`probe_http_status_code`,
+`probe_ssl_earliest_cert_expiry`, ...) live in `collector.details`, labelled `PAIR_LABELS`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -31,6 +35,60 @@ FAILURE_LABELS = ("probe", "region", "phase", "reason")
 # Beyond this many (probe, region, phase, reason) series, new reasons fold into "other":
 # the reason is agent-supplied text, and a broken agent must not explode the series count.
 MAX_FAILURE_SERIES = 50_000
+
+PerAgent = Literal["all", "success", "none"]
+"""Which per-(probe, agent) series are exported (`metrics.per_agent` in the config)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FamilySpec:
+    """One scrape-time metric family: what prometheus_client needs to describe it."""
+
+    name: str  # a counter's name without `_total`, as prometheus_client takes it
+    documentation: str
+    type: Literal["gauge", "counter"]
+    labels: tuple[str, ...]
+
+    @property
+    def sample_name(self) -> str:
+        """The name its samples carry (counters add `_total`)."""
+        return f"{self.name}_total" if self.type == "counter" else self.name
+
+    def family(self) -> GaugeMetricFamily | CounterMetricFamily:
+        """An empty prometheus_client family of this spec."""
+        if self.type == "counter":
+            return CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        return GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+
+
+def _gauge(name: str, documentation: str, labels: tuple[str, ...] = ()) -> FamilySpec:
+    return FamilySpec(name, documentation, "gauge", labels)
+
+
+PROBE_SUCCESS = _gauge("probe_success", "Last result of the agent for the probe, 0 or 1.",
+                       PAIR_LABELS)
+PROBE_DURATION = _gauge("probe_duration_seconds",
+                        "Duration of the agent's last result for the probe.", PAIR_LABELS)
+REGION_UP = _gauge("probenet_region_up", "The region's verdict for the probe, 0 or 1; absent "
+                   "while unknown.", ("probe", "region"))
+TARGET_STATE = _gauge("probenet_target_state", "State set: 1 for the probe's current state.",
+                      ("probe", "service", "state"))
+OUTAGE_ACTIVE = _gauge("probenet_outage_active", '1 while an outage of that scope is open '
+                       '(probe="" for a service-level record).', ("probe", "service", "scope"))
+TARGET_FLAPPING = _gauge("probenet_target_flapping", "1 while the probe is flapping.",
+                         ("probe",))
+AGENT_UP = _gauge("probenet_agent_up", "1 while the agent is connected and fresh.",
+                  ("agent", "region"))
+AGENT_IMPAIRED = _gauge("probenet_agent_impaired", "1 while the agent is impaired (its results "
+                        "are left out).", ("agent", "region"))
+REGION_ISOLATED = _gauge("probenet_region_isolated",
+                         "1 while every agent of the region is impaired.", ("region",))
+MONITORING_DEGRADED = _gauge("probenet_monitoring_degraded",
+                             "1 while more than half of the agents are stale or impaired.")
+PROBE_FAILURES = FamilySpec(
+    "probenet_probe_failures",
+    "Failed probe results received, by probe, region, failed phase and reason.", "counter",
+    FAILURE_LABELS)
 
 
 class FailureCounts:
@@ -55,12 +113,9 @@ class FailureCounts:
             key = (probe, region, phase, "other")
             counts[key] = counts.get(key, 0) + 1
 
-    def family(self) -> CounterMetricFamily:
+    def family(self) -> GaugeMetricFamily | CounterMetricFamily:
         """probenet_probe_failures_total."""
-        family = CounterMetricFamily(
-            "probenet_probe_failures",
-            "Failed probe results received, by probe, region, failed phase and reason.",
-            labels=FAILURE_LABELS)
+        family = PROBE_FAILURES.family()
         for labels, value in self.counts.items():
             family.add_metric(labels, value)
         return family
@@ -96,14 +151,24 @@ def _bool(value: bool) -> float:
 
 
 class ClassifierMetrics(Collector):
-    """The dashboards' metrics (DESIGN.md table), computed from the classifier at scrape."""
+    """The dashboards' metrics (DESIGN.md table), computed from the classifier at scrape.
+
+    The reference implementation of these families: the /metrics page renders the same
+    families itself (`collector.exposition.MetricsPage`), in chunks.
+    """
 
     def __init__(self, classifier: Classifier, *, failures: FailureCounts | None = None,
-                 registered_agents: Sequence[tuple[str, str]] = ()) -> None:
-        """`registered_agents` (id, region) show as down until they first connect."""
+                 registered_agents: Sequence[tuple[str, str]] = (),
+                 per_agent: PerAgent = "all") -> None:
+        """`registered_agents` (id, region) show as down until they first connect.
+
+        `per_agent`: `all` exports probe_success and probe_duration_seconds per pair,
+        `success` only probe_success, `none` neither.
+        """
         self._classifier = classifier
         self._failures = failures
         self._registered = tuple(registered_agents)
+        self._per_agent = per_agent
 
     def describe(self) -> list[Metric]:
         """Nothing: scrape-time families are not checked for name clashes upfront."""
@@ -112,46 +177,36 @@ class ClassifierMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         """Every family, from one consistent read of the classifier."""
         classifier = self._classifier
-        yield from self._sample_families(classifier.samples())
+        if self._per_agent != "none":
+            yield from self._sample_families(classifier.samples(),
+                                             duration=self._per_agent == "all")
         yield from self._target_families()
         yield from self._agent_families()
-        degraded = GaugeMetricFamily(
-            "probenet_monitoring_degraded",
-            "1 while more than half of the agents are stale or impaired.",
-            value=_bool(classifier.monitoring_degraded))
+        degraded = MONITORING_DEGRADED.family()
+        degraded.add_metric((), _bool(classifier.monitoring_degraded))
         yield degraded
         if self._failures is not None:
             yield self._failures.family()
 
     @staticmethod
-    def _sample_families(samples: Iterable[PairSample]) -> Iterator[Metric]:
-        success = GaugeMetricFamily(
-            "probe_success", "Last result of the agent for the probe, 0 or 1.",
-            labels=PAIR_LABELS)
-        duration = GaugeMetricFamily(
-            "probe_duration_seconds", "Duration of the agent's last result for the probe.",
-            labels=PAIR_LABELS)
+    def _sample_families(samples: Iterable[PairSample], *, duration: bool) -> Iterator[Metric]:
+        success = PROBE_SUCCESS.family()
+        durations = PROBE_DURATION.family()
         for s in samples:
             labels = (s.probe, s.target, s.kind, s.region, s.agent)
             success.add_metric(labels, 1.0 if s.success else 0.0)
-            duration.add_metric(labels, s.duration_seconds)
+            durations.add_metric(labels, s.duration_seconds)
         yield success
-        yield duration
+        if duration:
+            yield durations
 
     def _target_families(self) -> Iterator[Metric]:
         classifier = self._classifier
         targets = classifier.targets()
-        region_up = GaugeMetricFamily(
-            "probenet_region_up", "The region's verdict for the probe, 0 or 1; absent while "
-            "unknown.", labels=("probe", "region"))
-        state = GaugeMetricFamily(
-            "probenet_target_state", "State set: 1 for the probe's current state.",
-            labels=("probe", "service", "state"))
-        active = GaugeMetricFamily(
-            "probenet_outage_active", '1 while an outage of that scope is open (probe="" '
-            "for a service-level record).", labels=("probe", "service", "scope"))
-        flapping = GaugeMetricFamily(
-            "probenet_target_flapping", "1 while the probe is flapping.", labels=("probe",))
+        region_up = REGION_UP.family()
+        state = TARGET_STATE.family()
+        active = OUTAGE_ACTIVE.family()
+        flapping = TARGET_FLAPPING.family()
         open_records = classifier.open_outages()
         open_probe_scopes = {(r.probe, r.scope) for r in open_records
                              if r.kind is OutageKind.PROBE}
@@ -183,15 +238,9 @@ class ClassifierMetrics(Collector):
 
     def _agent_families(self) -> Iterator[Metric]:
         classifier = self._classifier
-        agent_up = GaugeMetricFamily(
-            "probenet_agent_up", "1 while the agent is connected and fresh.",
-            labels=("agent", "region"))
-        impaired = GaugeMetricFamily(
-            "probenet_agent_impaired", "1 while the agent is impaired (its results are left "
-            "out).", labels=("agent", "region"))
-        isolated = GaugeMetricFamily(
-            "probenet_region_isolated", "1 while every agent of the region is impaired.",
-            labels=("region",))
+        agent_up = AGENT_UP.family()
+        impaired = AGENT_IMPAIRED.family()
+        isolated = REGION_ISOLATED.family()
         seen: set[str] = set()
         regions: set[str] = set()
         for agent in classifier.agents():

@@ -6,8 +6,9 @@
     # drained: health NOT_SERVING, streams ended, final tick journaled, journal closed
 
 Start order: journal (restore open outages and watermarks) -> gRPC (ingest, health,
-reflection) -> HTTP -> loops (tick, watermark flush) in one TaskGroup -> ready. Stop order
-is the reverse, with a drain first so agents move to another collector at once.
+reflection) -> HTTP -> loops (tick, watermark flush, event-loop lag) in one TaskGroup ->
+ready. Stop order is the reverse, with a drain first so agents move to another collector at
+once.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from probenet.lifecycle import EnterOnce
 from .api import HttpApi
 from .classify import Classifier
 from .config import CollectorConfig, config_summary
-from .details import KindDetailsMetrics, LatestDetails
+from .details import LatestDetails
 from .errors import LifecycleError, ServiceError
+from .exposition import MetricsPage
 from .ingest import SERVICE_NAME, IngestServicer
 from .journal import CommitMetrics, Journal, TransitionCommitter
-from .metrics import ClassifierMetrics, FailureCounts, IngestMetrics
+from .looplag import LoopLagMonitor
+from .metrics import FailureCounts, IngestMetrics
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -77,8 +80,11 @@ class CollectorService:
     """The whole collector as one async context manager (enter once; leaving is idempotent).
 
     `clock` gives `now` to the classifier (tests move time by hand). `sinks` receive every
-    committed transition (MQTT publisher, demo, tests). `kind_details=False` neither keeps
-    nor exports the per-kind details (measurements).
+    committed transition (MQTT publisher, demo, tests). `registry` holds the small
+    prometheus_client metrics; /metrics is `page` (`metrics:` in the config), which renders
+    the classifier's and the per-kind families itself and appends the registry's.
+    `kind_details=False` neither keeps nor exports the per-kind details, whatever the config
+    says (measurements).
     """
 
     def __init__(self, config: CollectorConfig, *, registry: CollectorRegistry | None = None,
@@ -89,21 +95,23 @@ class CollectorService:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._clock = clock
         self.classifier = Classifier(config.classification.params())
-        self.details = LatestDetails() if kind_details else None
+        settings = config.metrics
+        if not kind_details:
+            settings = settings.model_copy(update={"per_kind_details": False})
+        self.details = LatestDetails() if settings.kind_details else None
         self.journal = Journal(config.journal.path)
-        self.failures = FailureCounts()
+        self.failures = FailureCounts(settings.max_failure_series)
         self.ingest_metrics = IngestMetrics(self.registry)
         self._commit_metrics = CommitMetrics(self.registry)
         self.registered_agents = [(a.id, a.region) for a in config.agents or ()]
-        self.registry.register(ClassifierMetrics(
-            self.classifier, failures=self.failures, registered_agents=self.registered_agents))
-        if self.details is not None:
-            self.registry.register(KindDetailsMetrics(self.classifier, self.details))
+        self.page = MetricsPage(self.registry, classifier=self.classifier, details=self.details,
+                                failures=self.failures,
+                                registered_agents=self.registered_agents, settings=settings)
         self.committer = TransitionCommitter(self.classifier, self.journal, sinks=sinks,
                                              observer=self._commit_metrics)
         self.ingest: IngestServicer | None = None
         self.http = HttpApi(config.listen.http, classifier=self.classifier,
-                            journal=self.journal, registry=self.registry,
+                            journal=self.journal, page=self.page,
                             ready=lambda: self.ready,
                             registered_agents=self.registered_agents)
         self.grpc_port = 0
@@ -115,6 +123,8 @@ class CollectorService:
         self._stack: contextlib.AsyncExitStack | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._stopping = asyncio.Event()
+        # Measures how long anything (a scrape, a big API answer) holds the loop.
+        self.loop_lag = LoopLagMonitor(self.registry)
 
     @property
     def grpc_address(self) -> str:
@@ -139,6 +149,7 @@ class CollectorService:
             self._tasks = tasks
             tasks.create_task(self._tick_loop(), name="collector-tick")
             tasks.create_task(self._flush_loop(), name="collector-watermark-flush")
+            tasks.create_task(self.loop_lag.run(self._stopping), name="collector-loop-lag")
             await self._health.set("", _HEALTH.SERVING)
             await self._health.set(SERVICE_NAME, _HEALTH.SERVING)
             self.ready = True

@@ -55,6 +55,7 @@ MAY_BE_EMPTY = {
     "rule ProbenetMonitoringDegraded",  # only 2 of 5 agents are stale or impaired
     "rule ProbenetCollectorDown",       # the collector is up
     "rule ProbenetCollectorNotIngesting",  # ... and ingesting
+    "rule ProbenetCollectorEventLoopLag",  # ... and its event loop is not held
 }
 
 

@@ -58,7 +58,9 @@ async def secured(tmp_path):
 
 
 def counter(service, name: str, **labels) -> float:
-    return service.registry.get_sample_value(name, labels) or 0.0
+    # The registry holds the ingest counters; the page's families (probe failures, ...) are
+    # read through prometheus_client's reference rendering of the page.
+    return service.page.reference_registry().get_sample_value(name, labels) or 0.0
 
 
 def ingest(service, outcome: str) -> float:

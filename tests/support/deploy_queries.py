@@ -38,6 +38,7 @@ CONTRACT_METRICS = frozenset({
     "probenet_outage_detection_seconds_bucket", "probenet_outage_detection_seconds_sum",
     "probenet_outage_detection_seconds_count", "probenet_outages_opened_total",
     "probenet_build_info", "probenet_probe_failures_total",
+    "probenet_event_loop_lag_seconds_bucket", "probenet_event_loop_lag_max_seconds",
     "probe_ssl_earliest_cert_expiry", "probe_http_duration_seconds", "probe_http_status_code",
     "probe_tls_version_info", "probe_dns_lookup_time_seconds", "probe_dns_answer_rrs",
     "probe_icmp_duration_seconds", "probe_grpc_healthcheck_response",

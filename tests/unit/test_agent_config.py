@@ -45,6 +45,8 @@ BROKEN = [
     ("no_collectors.yaml", "2:13: collectors: list at least one collector to send results to"),
     ("all_addresses_on_dns.yaml", ("8:20: probes[0].all_addresses: all_addresses applies to "
                                   "http and tcp probes, not dns")),
+    # The collector refuses longer label values; a valid agent config never produces one.
+    ("service_too_long.yaml", "5:14: probes[0].service: String should have at most 128 characters"),
 ]
 
 

@@ -268,9 +268,39 @@ def test_a_scrape_decodes_each_result_once_and_keeps_the_facts():
     fleet = Fleet()
     fleet.send("fra-1", "eu-central", DNS, TLS)
     first = generate_latest(fleet.registry())
-    assert fleet.details.kept("fra-1", DNS.probe) == details.facts_of(DNS)  # not bytes now
-    assert fleet.details.kept("fra-1", TLS.probe) == details.facts_of(TLS)
+    kept = fleet.details.kept("fra-1", DNS.probe)
+    assert isinstance(kept, tuple)  # not bytes now: the facts, packed
+    assert details.unpack(kept) == details.facts_of(DNS)
+    assert details.unpack(fleet.details.kept("fra-1", TLS.probe)) == details.facts_of(TLS)
     assert generate_latest(fleet.registry()) == first
+    assert fleet.details.kept("fra-1", DNS.probe) is kept  # not decoded again
+
+
+@pytest.mark.parametrize("message", [HTTPS, DNS, ICMP, TLS, GRPC_NOT_SERVING,
+                                     result("http", http=pb.HttpDetails()),
+                                     result("tcp", phases={"resolve": 0.1, "connect": 0.2})])
+def test_packed_facts_are_plain_tuples_that_unpack_to_the_facts(message):
+    facts = details.facts_of(message)
+    assert facts is not None
+    packed = details.pack(facts)
+    assert type(packed) is tuple
+    assert details.unpack(packed) == facts
+    assert type(details.unpack(packed)) is type(facts)
+    for name in ("resolve", "connect", "tls", "rtt", "nothing"):
+        assert details.packed_phase(packed, name) == facts.phase(name)
+    # Flat: numbers, strings and None only, which the garbage collector stops tracking.
+    assert all(isinstance(item, int | float | str | None) for item in packed)
+
+
+def test_phases_are_kept_once_per_name_in_one_order():
+    facts = details.facts_of(result("http", phases={"transfer": 0.5, "resolve": 0.1}))
+    assert facts is not None
+    assert facts.phases == (("resolve", 0.1), ("transfer", 0.5))
+    twice = pb.ProbeResult(kind="dns", phases=[pb.PhaseDuration(name="request", seconds=1.0),
+                                               pb.PhaseDuration(name="request", seconds=2.0)])
+    facts = details.facts_of(twice)
+    assert facts is not None
+    assert facts.phases == (("request", 1.0),)  # the first of a name counts
 
 
 def test_the_next_result_replaces_the_facts_even_without_details():
