@@ -156,26 +156,35 @@ async def _json_list_chunks(items: list[_Item]) -> AsyncGenerator[bytes, None]:
 async def _stream_json_list(request: web.Request, items: list[_Item]) -> web.StreamResponse:
     """Answer `items` as one JSON list, streamed; `items` is consumed (emptied) on the way.
 
-    `items` is a snapshot: a list of frozen values nobody else holds or changes. Gzip when
-    the client accepts it, as /metrics does (`gzip_chunks`: deflated in a worker thread).
+    `items` is a snapshot: a list of frozen values nobody else holds or changes.
+    """
+    return await _stream(request, "application/json; charset=utf-8", _json_list_chunks(items),
+                         vary=hdrs.ACCEPT_ENCODING)
+
+
+async def _stream(request: web.Request, content_type: str,
+                  chunks: AsyncGenerator[bytes, None], *, vary: str) -> web.StreamResponse:
+    """Answer `chunks` (not started yet) as one streamed body, gzipped when accepted.
+
+    Gzip is deflated in a worker thread (`gzip_chunks`). HEAD gets the headers GET would
+    and no body (aiohttp would send one even to HEAD). When the client goes away mid-body,
+    `chunks` is closed unfinished (the page then leaves the details store unpruned).
     """
     gzipped = accepts_gzip(request.headers.get(hdrs.ACCEPT_ENCODING, ""))
-    response = web.StreamResponse(headers={hdrs.VARY: hdrs.ACCEPT_ENCODING})
-    response.content_type = "application/json"
-    response.charset = "utf-8"
+    response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type, hdrs.VARY: vary})
     if gzipped:
         response.headers[hdrs.CONTENT_ENCODING] = "gzip"
-    await response.prepare(request)
-    if request.method == hdrs.METH_HEAD:
-        # The headers GET would send, and no body: aiohttp would send one even to HEAD.
-        return response
-    chunks = _json_list_chunks(items)
-    body = gzip_chunks(chunks) if gzipped else chunks
     try:
-        async for chunk in body:
-            await response.write(chunk)
+        await response.prepare(request)
+        if request.method == hdrs.METH_HEAD:
+            return response
+        body = gzip_chunks(chunks) if gzipped else chunks
+        try:
+            async for chunk in body:
+                await response.write(chunk)
+        finally:
+            await body.aclose()
     finally:
-        await body.aclose()
         await chunks.aclose()
     await response.write_eof()
     return response
@@ -265,25 +274,8 @@ class HttpApi:
         # Streamed as the page renders, the event loop free between chunks; a 200 MB page is
         # never held whole. Format as prometheus_client negotiates it; gzip when accepted.
         fmt = ExpositionFormat.negotiate(request.headers.get(hdrs.ACCEPT, ""))
-        gzipped = accepts_gzip(request.headers.get(hdrs.ACCEPT_ENCODING, ""))
-        response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: fmt.content_type,
-                                               hdrs.VARY: "Accept, Accept-Encoding"})
-        if gzipped:
-            response.headers[hdrs.CONTENT_ENCODING] = "gzip"
-        await response.prepare(request)
-        if request.method == hdrs.METH_HEAD:
-            return response
-        chunks = self._page.chunks(fmt=fmt)
-        body = gzip_chunks(chunks) if gzipped else chunks
-        try:
-            async for chunk in body:
-                await response.write(chunk)
-        finally:
-            # A scraper gone mid-page: stop rendering, leave the details store unpruned.
-            await body.aclose()
-            await chunks.aclose()
-        await response.write_eof()
-        return response
+        return await _stream(request, fmt.content_type, self._page.chunks(fmt=fmt),
+                             vary="Accept, Accept-Encoding")
 
     # The JSON lists: a snapshot of frozen values taken at once, then streamed in slices (a
     # fleet's answers run to megabytes); what changes meanwhile is in the next answer.

@@ -22,11 +22,13 @@ from support.collector_client import (
     TestAgent,
     batch_bytes,
     collector_yaml,
+    counter,
     hello_bytes,
     http_get,
     http_json,
     make_result,
     metric_value,
+    rejections,
 )
 from support.system import need_binary
 
@@ -57,18 +59,12 @@ async def secured(tmp_path):
         yield service
 
 
-def counter(service, name: str, **labels) -> float:
-    # The registry holds the ingest counters; the page's families (probe failures, ...) are
-    # read through prometheus_client's reference rendering of the page.
-    return service.page.reference_registry().get_sample_value(name, labels) or 0.0
 
 
 def ingest(service, outcome: str) -> float:
     return counter(service, "probenet_ingest_results_total", outcome=outcome)
 
 
-def rejections(service, reason: str) -> float:
-    return counter(service, "probenet_ingest_rejections_total", reason=reason)
 
 
 # -- deduplication ---------------------------------------------------------------------------

@@ -14,9 +14,12 @@ from support.collector_client import (
     ManualClock,
     StreamEndedError,
     TestAgent,
+    applied,
     collector_yaml,
+    counter,
     http_get,
     metric_value,
+    rejections,
 )
 from support.targets import wait_until
 
@@ -29,16 +32,10 @@ def limits_config(tmp_path, limits: str, extra: str = ""):
                                        extra=f"limits: {{{limits}}}\n{extra}"))
 
 
-def counter(service, name: str, **labels) -> float:
-    return service.registry.get_sample_value(name, labels) or 0.0
 
 
-def rejections(service, reason: str) -> float:
-    return counter(service, "probenet_ingest_rejections_total", reason=reason)
 
 
-def applied(service) -> float:
-    return counter(service, "probenet_ingest_results_total", outcome="applied")
 
 
 def open_streams(service) -> float:

@@ -18,8 +18,10 @@ from support.collector_client import (
     ManualClock,
     StreamEndedError,
     TestAgent,
+    applied,
     collector_yaml,
     http_json,
+    rejections,
 )
 from support.targets import TcpTarget, wait_until
 
@@ -33,16 +35,10 @@ async def collector(tmp_path):
         yield service
 
 
-def counter(service, name: str, **labels) -> float:
-    return service.registry.get_sample_value(name, labels) or 0.0
 
 
-def rejections(service, reason: str) -> float:
-    return counter(service, "probenet_ingest_rejections_total", reason=reason)
 
 
-def applied(service) -> float:
-    return counter(service, "probenet_ingest_results_total", outcome="applied")
 
 
 async def test_names_at_every_limit_of_the_agent_config_are_accepted(tmp_path):

@@ -291,3 +291,23 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return None
+
+
+def counter(service: Any, name: str, **labels: str) -> float:
+    """A sample of the service's /metrics families (0 when absent), read in process.
+
+    The registry holds the ingest counters; the page's own families (probe failures, ...)
+    come through prometheus_client's reference rendering of the page, which includes it.
+    """
+    value = service.page.reference_registry().get_sample_value(name, labels)
+    return value or 0.0
+
+
+def rejections(service: Any, reason: str) -> float:
+    """probenet_ingest_rejections_total for `reason`."""
+    return counter(service, "probenet_ingest_rejections_total", reason=reason)
+
+
+def applied(service: Any) -> float:
+    """Results the ingest applied."""
+    return counter(service, "probenet_ingest_results_total", outcome="applied")

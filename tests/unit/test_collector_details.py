@@ -22,12 +22,11 @@ from probenet.agent.probes import build_probe
 from probenet.agent.probes.attempt import run_attempt
 from probenet.agent.results import to_wire
 from probenet.collector import details
-from probenet.collector.classify import Classifier
 from probenet.collector.details import KindDetailsMetrics, LatestDetails
 from probenet.collector.metrics import PAIR_LABELS, ClassifierMetrics
-from probenet.collector.model import ClassificationParams
 from probenet.v1 import probenet_pb2 as pb
 from support.certs import TestCA
+from support.details_fleet import DetailsFleet
 from support.system import need_binary
 
 if TYPE_CHECKING:
@@ -45,20 +44,8 @@ def result(kind: str, *, probe: str | None = None, success: bool = True, status_
         **oneof)
 
 
-class Fleet:
-    """A real Classifier and LatestDetails, fed the way the ingest feeds them."""
-
-    def __init__(self) -> None:
-        self.classifier = Classifier(ClassificationParams())
-        self.details = LatestDetails()
-        self.now = 100.0
-
-    def send(self, agent: str, region: str, *messages: pb.ProbeResult) -> None:
-        """Apply `messages` to the classifier, then keep their bytes (as the ingest does)."""
-        self.now += 1
-        self.classifier.agent_connected(agent, region, {}, 10.0, self.now)
-        self.classifier.apply(agent, messages, self.now)
-        self.details.update(agent, {m.probe: m.SerializeToString() for m in messages})
+class Fleet(DetailsFleet):
+    """The details store read through the prometheus_client collector."""
 
     def families(self) -> dict[str, Metric]:
         """One scrape of the per-kind families, by name."""

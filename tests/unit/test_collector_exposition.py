@@ -23,9 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families as text_pars
 from prometheus_client.utils import floatToGoString
 
 from probenet.collector import details, exposition
-from probenet.collector.classify import Classifier
 from probenet.collector.config import MetricsConfig, parse_config
-from probenet.collector.details import LatestDetails
 from probenet.collector.exposition import ExpositionFormat, MetricsPage, gzip_chunks
 from probenet.collector.metrics import (
     AGENT_IMPAIRED,
@@ -40,9 +38,9 @@ from probenet.collector.metrics import (
     TARGET_STATE,
     FailureCounts,
 )
-from probenet.collector.model import ClassificationParams
 from probenet.configfile import ConfigError
 from probenet.v1 import probenet_pb2 as pb
+from support.details_fleet import DetailsFleet
 from support.system import need_binary
 
 EXPIRY = 1_900_000_000
@@ -113,14 +111,13 @@ EVERY_KIND = [
 AGENTS = (("fra-1", "eu-central"), ("iad-1", "us-east"), (f"odd-{AWKWARD}", f"r-{AWKWARD}"))
 
 
-class Fleet:
-    """A real Classifier, LatestDetails and FailureCounts, fed the way the ingest feeds them."""
+class Fleet(DetailsFleet):
+    """DetailsFleet with failure counts and the page over them."""
 
     def __init__(self, settings: MetricsConfig | None = None, *,
                  registered: tuple[tuple[str, str], ...] = (("never-1", "ap-south"),),
                  step_s: float = exposition.STEP_S) -> None:
-        self.classifier = Classifier(ClassificationParams())
-        self.details = LatestDetails()
+        super().__init__()
         self.failures = FailureCounts()
         self.registry = CollectorRegistry()
         Counter("probenet_test_things", "A registry metric after the page.",
@@ -129,13 +126,9 @@ class Fleet:
                                 details=self.details, failures=self.failures,
                                 registered_agents=registered, settings=settings,
                                 step_s=step_s)
-        self.now = 100.0
 
     def send(self, agent: str, region: str, *messages: pb.ProbeResult) -> None:
-        self.now += 1
-        self.classifier.agent_connected(agent, region, {}, 10.0, self.now)
-        self.classifier.apply(agent, messages, self.now)
-        self.details.update(agent, {m.probe: m.SerializeToString() for m in messages})
+        super().send(agent, region, *messages)
         for m in messages:
             if not m.success:
                 self.failures.add(m.probe, region, "connect", f"refused {AWKWARD}")
