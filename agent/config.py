@@ -4,7 +4,8 @@ Shape (DESIGN.md "Configuration"); every key below is optional unless marked req
 
     agent: {id (required), region (required), labels, source_address}
     collectors:                          # required, one or more
-      - {address (required, host:port), token_file, connect_timeout,
+      - {address (required, host:port), token_file, connect_timeout, keepalive: 20s,
+         keepalive_timeout: 10s,
          tls: {ca_file, cert_file, key_file, server_name, insecure_skip_verify}}
     defaults: {interval: 30s, timeout: 5s, confirm_delay}
     scheduler: {max_concurrent: 512, grace_period: 5s}
@@ -174,6 +175,19 @@ def _as_list(value: Any) -> Any:
 
 Regex = Annotated[str, AfterValidator(_check_regex)]
 PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+# The collector answers pings more frequent than every 10s with GOAWAY too_many_pings
+# (`grpc.http2.min_ping_interval_without_data_ms` in collector/server.py).
+MIN_KEEPALIVE_S = 10.0
+
+
+def _keepalive_interval(value: float) -> float:
+    if value < MIN_KEEPALIVE_S:
+        raise ValueError(f"must be at least {format_duration(MIN_KEEPALIVE_S)}: the collector "
+                         f"refuses more frequent pings (got {format_duration(value)})")
+    return value
+
+
+KeepaliveInterval = Annotated[Duration, AfterValidator(_keepalive_interval)]
 
 
 class _PathModel(FrozenModel):
@@ -233,6 +247,11 @@ class CollectorTarget(_PathModel):
     tls: CollectorTls | None = None
     token_file: str | None = None
     connect_timeout: PositiveDuration = 5.0
+    # HTTP/2 keepalive: a ping after this long without reads, and the connection is dropped
+    # when no answer comes within `keepalive_timeout`: a silently dead connection (a
+    # partition, a vanished NAT entry) is found within their sum instead of never.
+    keepalive: KeepaliveInterval = 20.0
+    keepalive_timeout: PositiveDuration = 10.0
 
 
 # --------------------------------------------------------------------------- probe options

@@ -11,8 +11,11 @@ collector deduplicates by sequence.
 
 States (logged once per change, exported as metrics): connecting, connected, backoff,
 closed. A stream that has results in flight and hears nothing for `ack_timeout` is treated
-as dead and reconnected. Authentication: TLS (optionally mutual) and/or a bearer token read
-from `token_file` at every connect (so a rotated token is picked up).
+as dead and reconnected. Below that, HTTP/2 keepalive pings (`keepalive`, answered within
+`keepalive_timeout`, per collector entry) find a silently dead connection, even an idle
+one, and every session opens a connection of its own (never a pooled, possibly dead one).
+Authentication: TLS (optionally mutual) and/or a bearer token read from `token_file` at
+every connect (so a rotated token is picked up).
 """
 
 from __future__ import annotations
@@ -47,6 +50,28 @@ _CLOSE_TIMEOUT_S = 2.0
 # Collector answers that no reconnect can fix quickly: back off to the maximum at once.
 _REJECTIONS = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
                          grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION})
+
+
+def keepalive_options(target: CollectorTarget) -> list[tuple[str, int]]:
+    """Channel options that make a silently dead connection fail within keepalive + timeout.
+
+    The collector's policy (collector/server.py `grpc_server_options`) permits a ping every
+    10 s at most, with or without calls; config validation keeps `keepalive` at or above it.
+    """
+    timeout_ms = round(target.keepalive_timeout * 1000)
+    return [
+        ("grpc.keepalive_time_ms", round(target.keepalive * 1000)),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
+        # The answer to *any* ping in flight: a keepalive ping due while another ping (a
+        # flow-control BDP probe) is unanswered only waits for that one, under this timeout,
+        # which defaults to 60 s; so a cut went unnoticed for a minute despite the keepalive.
+        ("grpc.http2.ping_timeout_ms", timeout_ms),
+        # Ping even while no call is open (between a reconnect and the Hello) ...
+        ("grpc.keepalive_permit_without_calls", 1),
+        # ... and while we have nothing to send: the default (2) stops pinging an idle
+        # agent's connection, which then dies unnoticed until its next batch.
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 def _read_file(path: str, what: str, collector: str) -> bytes:
@@ -207,6 +232,11 @@ class CollectorStream:
             ("grpc.enable_retries", 0),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
+            # A connection of our own per channel: from the process-wide pool a new channel
+            # to a partitioned collector got the dead connection's subchannel, READY at once,
+            # and wrote into that dead socket until a ping timed out (56 s, issue 11).
+            ("grpc.use_local_subchannel_pool", 1),
+            *keepalive_options(self.target),
         ]
         tls = self.target.tls
         if tls is None:

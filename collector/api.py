@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
@@ -64,7 +65,23 @@ class BadQueryError(ValueError):
         self.parameter = parameter
 
 
+# A parameter's value is quoted in a 400 answer up to this many characters.
+_QUOTED_VALUE_CHARS = 40
+# `limit`: ASCII digits only, at most as many as MAX_LIMIT has. `str.isdigit` and `int()` take
+# other digits too ("²" is a digit `int` refuses; "١٢" one it accepts), and `int()` of a
+# long enough string raises ValueError: the pattern decides alone.
+_LIMIT_PATTERN = re.compile(rf"[0-9]{{1,{len(str(MAX_LIMIT))}}}")
+
+
+def _quoted(value: str) -> str:
+    """`value` as quoted in a 400 answer: repr'd, cut to a bounded length."""
+    if len(value) > _QUOTED_VALUE_CHARS:
+        return f"{value[:_QUOTED_VALUE_CHARS]!r}... ({len(value)} characters)"
+    return repr(value)
+
+
 def _parse_active(value: str | None) -> bool | None:
+    """`?active=`: true/1 or false/0 (any case); absent: None (all records)."""
     if value is None:
         return None
     lowered = value.lower()
@@ -72,15 +89,16 @@ def _parse_active(value: str | None) -> bool | None:
         return True
     if lowered in {"false", "0"}:
         return False
-    raise BadQueryError("active", f"active must be true or false, not {value!r}")
+    raise BadQueryError("active", f"active must be true or false, not {_quoted(value)}")
 
 
 def _parse_limit(value: str | None) -> int:
+    """`?limit=`: an integer from 1 to MAX_LIMIT in ASCII digits; absent: DEFAULT_LIMIT."""
     if value is None:
         return DEFAULT_LIMIT
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    if _LIMIT_PATTERN.fullmatch(value) is None or not 1 <= int(value) <= MAX_LIMIT:
         raise BadQueryError("limit", f"limit must be an integer from 1 to {MAX_LIMIT}, "
-                                     f"not {value!r}")
+                                     f"not {_quoted(value)}")
     return int(value)
 
 

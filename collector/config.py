@@ -226,12 +226,55 @@ class LimitsConfig(FrozenModel):
     # details (a real agent's result is well under 1 KiB; it cuts its error at 512 chars).
     # Checked where result bytes are kept (per-kind details on).
     max_result_bytes: int = Field(16 * 1024, ge=1024, le=256 * MIB)
+    # Characters of a result's error text (the agent cuts its own at 512) and of its probed
+    # address (which max_target_length bounds): `field_too_long` beyond.
+    max_error_length: int = Field(4096, ge=64, le=MIB)
+    # How far ahead of the collector's clock a result's timestamp may be (agent clock skew):
+    # `bad_timestamp` beyond, as for a negative timestamp (0 means "not stamped").
+    max_clock_skew: Duration = 300.0
+    # The retention window of results: one stamped longer ago than this is counted
+    # (`too_old`) and skipped, never applied (it would report a past state as the current
+    # one, or date an outage's start that far back).
+    max_result_age: Duration = 86_400.0
+    # The longest probe interval a result may carry (`interval_ms`; 0: the Hello's): the
+    # classifier counts staleness and trusts agent clocks in intervals, so an absurd one
+    # (2^32-1 ms: 50 days) would keep a pair fresh for months (`bad_interval`). A week lets
+    # weekly checks through; max_result_age still bounds how far back a stamp is trusted.
+    max_probe_interval: Duration = 7 * 86_400.0
+    # Epoch and seq plausibility (collector/ingest.py): a Hello epoch (unix ns of the
+    # agent's start) later than the collector's wall clock plus this is refused
+    # (`bad_epoch`) ...
+    max_epoch_skew: Duration = 300.0
+    # ... and a result seq above what the agent could have numbered since its epoch at this
+    # many results per second (plus the skew) is dropped (`seq_jump`), never applied.
+    max_agent_results_per_second: int = Field(100_000, ge=1, le=1_000_000_000)
+    # A stream with another epoch than the agent's live stream replaces it only when the
+    # live one has sent nothing for this long (else `agent_already_connected`); a stream
+    # with the live one's epoch (the same agent process reconnecting) replaces it at once.
+    stream_takeover_after: Duration = 40.0
+    # An epoch older than the agent's watermark (its clock stepped back) is accepted, and
+    # the watermark restarts at it, once the agent has had no stream for this long.
+    epoch_rollback_after: Duration = 300.0
 
     @field_validator("hello_timeout")
     @classmethod
     def _hello_timeout(cls, value: float) -> float:
         if not 0 < value <= 3600:
             raise ValueError("must be between 0s and 1h")
+        return value
+
+    @field_validator("max_clock_skew", "max_result_age", "max_probe_interval")
+    @classmethod
+    def _result_time_limits(cls, value: float) -> float:
+        if not 1 <= value <= 30 * 86400:
+            raise ValueError("must be between 1s and 30 days")
+        return value
+
+    @field_validator("max_epoch_skew", "stream_takeover_after", "epoch_rollback_after")
+    @classmethod
+    def _epoch_durations(cls, value: float) -> float:
+        if not 0 <= value <= 7 * 86400:
+            raise ValueError("must be between 0s and 7 days")
         return value
 
 

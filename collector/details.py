@@ -38,13 +38,17 @@ has one:
 
 Label values that come from agents are bounded: phase names are kept only when known, and
 version and cipher strings are cut to a sane length, so a misbehaving agent cannot blow up
-the series count.
+the series count. Values are checked here, where they are read: the ingest checks what the
+classifier reads and leaves per-phase durations and kind-specific numbers to this decode
+(once per scraped result, off the hot path; collector/ingest.py says why). A time NaN,
+negative or over `MAX_SECONDS` is dropped (a phase) or read as 0 (an ICMP round trip), a
+negative content length or certificate expiry as 0 (unknown), an HTTP version outside
+(0, 10] as unknown: the per-kind families never export a value out of contract.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from google.protobuf.message import DecodeError
@@ -76,7 +80,10 @@ _PHASE_KINDS = frozenset(("http", "dns", "icmp"))  # kinds with a per-phase fami
 SERVING_STATUSES = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
 ICMP_STATS = ("min", "avg", "max", "stddev")
 _MAX_LABEL_CHARS = 64
-_finite = math.isfinite
+# The longest time a decoded fact may hold, seconds (the ingest's `MAX_DURATION_S`); and the
+# highest HTTP version taken for one.
+MAX_SECONDS = 86_400.0
+_MAX_HTTP_VERSION = 10.0
 
 Phases = tuple[tuple[str, float], ...]
 
@@ -299,11 +306,16 @@ def packed_phase(packed: PackedFacts, name: str) -> float | None:
     return seconds
 
 
+def _seconds(value: float) -> float:
+    """`value` when it is a sane time in seconds, else 0.0 (NaN, negative, absurd)."""
+    return value if 0.0 <= value <= MAX_SECONDS else 0.0
+
+
 def _phases(phases: Any) -> Phases:
     slots: list[float | None] = [None] * len(PHASE_ORDER)
     for phase in phases:
         name, seconds = _PHASE_NAMES.get(phase.name), phase.seconds
-        if name is not None and _finite(seconds):
+        if name is not None and 0.0 <= seconds <= MAX_SECONDS:
             slot = _PHASE_SLOT[name]
             if slots[slot] is None:  # the first of a name counts (`phase_seconds`)
                 slots[slot] = seconds
@@ -315,11 +327,12 @@ def _resolve_only(phases: Any) -> Phases:
     # Kinds without phase families need only the resolve time, which probes time first.
     first = phases[0]
     seconds = first.seconds
-    return (("resolve", seconds),) if first.name == "resolve" and _finite(seconds) else ()
+    return ((("resolve", seconds),) if first.name == "resolve" and 0.0 <= seconds <= MAX_SECONDS
+            else ())
 
 
 def _tls(facts: Any) -> TlsSummary:
-    return TlsSummary(facts.earliest_cert_expiry, facts.version[:_MAX_LABEL_CHARS],
+    return TlsSummary(max(facts.earliest_cert_expiry, 0), facts.version[:_MAX_LABEL_CHARS],
                       facts.cipher[:_MAX_LABEL_CHARS])
 
 
@@ -328,7 +341,7 @@ def _http_version(text: str) -> float:
         value = float(text.removeprefix("HTTP/"))
     except ValueError:
         return 0.0
-    return value if math.isfinite(value) and value > 0 else 0.0
+    return value if 0 < value <= _MAX_HTTP_VERSION else 0.0
 
 
 def facts_of(result: Any) -> Facts | None:
@@ -346,15 +359,17 @@ def facts_of(result: Any) -> Facts | None:
     if which == "http":
         http = result.http
         return HttpFacts(_phases(phases), _http_version(http.http_version), http.redirects,
-                         http.content_length, _tls(http.tls) if http.HasField("tls") else None)
+                         max(http.content_length, 0),
+                         _tls(http.tls) if http.HasField("tls") else None)
     if which == "dns":
         dns = result.dns
         return DnsFacts(_phases(phases), dns.answer_rrs, dns.authority_rrs, dns.additional_rrs,
                         dns.rcode[:_MAX_LABEL_CHARS])
     if which == "icmp":
         icmp = result.icmp
-        return IcmpFacts(_phases(phases), icmp.sent, icmp.received, icmp.rtt_min_seconds,
-                         icmp.rtt_avg_seconds, icmp.rtt_max_seconds, icmp.rtt_stddev_seconds)
+        return IcmpFacts(_phases(phases), icmp.sent, icmp.received,
+                         _seconds(icmp.rtt_min_seconds), _seconds(icmp.rtt_avg_seconds),
+                         _seconds(icmp.rtt_max_seconds), _seconds(icmp.rtt_stddev_seconds))
     resolve = _resolve_only(phases) if phases else ()
     if which == "tls":
         return TlsProbeFacts(resolve, _tls(result.tls.tls))

@@ -15,23 +15,78 @@ once per (agent, reason). Reasons:
 
 - stream level (the stream ends with a status): `no_hello`, `hello_timeout`, `bad_hello`,
   `unknown_agent`, `missing_token`, `bad_token`, `wrong_region`, `identity_mismatch`,
-  `stale_epoch`, `too_many_agents`, `malformed`, `message_too_large`, `empty_message`,
-  `unexpected_hello`, `batch_too_large`, `draining` (messages over twice
+  `bad_epoch`, `stale_epoch`, `agent_already_connected`, `too_many_agents`, `malformed`,
+  `message_too_large`, `empty_message`, `unexpected_hello`, `batch_too_large`, `draining`
+  (messages over twice
   `max_message_bytes` are cut by grpc itself, uncounted);
 - result level (the result is dropped, acknowledged, and the stream goes on): `bad_seq`,
-  `seq_order`, `bad_probe`, `bad_kind`, `bad_duration`, `bad_phase`, `field_too_long`,
-  `result_too_large`, `too_many_probes`.
+  `seq_order`, `seq_jump`, `bad_probe`, `bad_kind`, `bad_duration`, `bad_phase`, `field_too_long`,
+  `result_too_large`, `too_many_probes`, `bad_timestamp`, `too_old`, `bad_interval`.
+
+Every field of a result is checked against the contract where it is read. Here
+(`_handle_batch`), before anything of the result is used, what the classifier and the
+labels read: the duration finite and within [0, `MAX_DURATION_S`] (`bad_duration`); a
+timestamp (agent clock, unix ms; 0 is "not stamped", and the classifier
+then uses the collector's clock) no more than `limits.max_clock_skew` ahead of the
+collector's clock and not negative (`bad_timestamp`), and no older than
+`limits.max_result_age`, the retention window (`too_old`: counted and skipped, so a
+replayed or back-stamped result never dates an outage's start or reports an old state as
+the current one); `interval_ms` at most `limits.max_probe_interval` (`bad_interval`: the
+classifier counts staleness, and trusts agent clocks, in intervals); the error text within
+`limits.max_error_length` and the address within `limits.max_target_length`
+(`field_too_long`). Per-phase durations and the kind-specific numbers (content length,
+certificate expiry, ICMP round trips) are read only by the per-kind families: the details
+store checks them when it decodes a result for a scrape, dropping or zeroing what is out of
+contract (collector/details.py), because checking them here cost 4 to 6 us per result
+(five phases and the HTTP facts; the checks above add 0.6 us together). Label text
+is escaped at exposition (collector/exposition.py), so nothing that passes can break the
+/metrics page.
 
 The `limits` section (collector/config.py, `LimitsConfig`) makes one agent harmless to the
 others: `max_agents` streams at once and, without a registry, `max_unregistered_agents`
 distinct agent ids (`too_many_agents`, RESOURCE_EXHAUSTED, so the agent backs off and
-retries; an agent id with a stream open may always replace it); `max_probes_per_agent`
+retries; an agent id with a stream open is never refused by these caps, only by the
+one-live-stream rule below); `max_probes_per_agent`
 distinct probes per agent (`too_many_probes`: the (agent, probe) pairs the classifier holds,
 so the cap holds across reconnects); lengths of the target, failure reason, service and Hello
 strings (`field_too_long`, `bad_hello`); and the bytes of one result kept for the per-kind
 details (`result_too_large`). On the per-result path each length or size check is one field
 read; the probe cap costs a set lookup per result only in a batch that could cross it, and
 nothing otherwise.
+
+Epochs and sequence numbers cannot be poisoned (limits `max_epoch_skew`,
+`max_agent_results_per_second`, `stream_takeover_after`, `epoch_rollback_after`). An agent's
+epoch is the unix time in nanoseconds of its start (agent/main.py; an agent with a state
+directory keeps it across restarts), and its seq counts its results from 1 in that epoch:
+
+- an epoch later than the collector's wall clock plus `max_epoch_skew` cannot come from a
+  sane clock: the stream is refused (`bad_epoch`, INVALID_ARGUMENT) and nothing is stored,
+  so one bad number (2^64-2) no longer locks the agent id out;
+- a seq above what the agent could have numbered since its epoch, at
+  `max_agent_results_per_second`, plus the skew allowance, is a `seq_jump`: the result is
+  dropped and counted and the watermark does not move (a seq of 2^64-1 no longer turns
+  every later result of the epoch into a silent duplicate). The bound is computed once per
+  batch; an epoch far in the past (tests use 1) only makes it generous;
+- an epoch older than the watermark's is refused (`stale_epoch`, FAILED_PRECONDITION: a
+  stale process of the agent must not replay its results over the newer one's) until the
+  agent id has had no live stream for `epoch_rollback_after` (since its last stream ended,
+  or since the collector started): then it is taken as a restart after the agent's clock
+  stepped back, and the watermark restarts at that epoch (logged at WARNING). An operator
+  can also clear a watermark at once with `probenet reset-agent` (collector stopped);
+- one live stream per agent id. A new stream with the live stream's epoch is the same agent
+  process reconnecting (its old connection may be half-open and not yet noticed): it
+  replaces the live one at once (ABORTED to the old). A new stream with another epoch
+  replaces it only when the live stream has sent nothing for `stream_takeover_after`, or
+  when the collector checks mTLS identities (the certificate binds the agent id); otherwise
+  it is refused (`agent_already_connected`, ALREADY_EXISTS, and the agent retries with its
+  backoff). Trade-off: with bearer tokens only, a token holder who does not know the live
+  agent's epoch cannot displace it (the epoch is in the agent's and collector's logs: it is
+  no credential, only a guard against blind takeover), but one who connects while the
+  agent is away keeps
+  it out for as long as it keeps streaming (plus `epoch_rollback_after` if its epoch was
+  newer); a restarted agent without a persistent epoch whose old connection is half-open
+  gets in within `stream_takeover_after` (or sooner, when keepalive ends the old stream).
+  Binding an agent to its identity needs mTLS (`tls.client_ca_file`).
 """
 
 from __future__ import annotations
@@ -39,7 +94,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import math
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -72,8 +127,10 @@ KINDS = frozenset(PROBE_KINDS)
 # lookup; bounded, so a peer sending endless new names only makes the check slower.
 MAX_KNOWN_PROBES = 100_000
 DEFAULT_INTERVAL_S = 30.0
+# The longest total duration (seconds) a result may report: no probe runs a day (the
+# details store bounds phase durations alike, `details.MAX_SECONDS`).
+MAX_DURATION_S = 86_400.0
 _PHASES = len(PHASE_NAMES)
-_INF = math.inf
 _S = grpc.StatusCode
 _PARSE_ERRORS = (DecodeError, RuntimeError, ValueError)
 
@@ -83,8 +140,10 @@ REJECTION_REASONS = (
     "no_hello", "hello_timeout", "bad_hello", "unknown_agent", "missing_token", "bad_token",
     "wrong_region", "identity_mismatch", "stale_epoch", "too_many_agents", "malformed",
     "message_too_large", "empty_message", "unexpected_hello", "batch_too_large", "draining",
-    "bad_seq", "seq_order", "bad_probe", "bad_kind", "bad_duration", "bad_phase",
+    "bad_epoch", "agent_already_connected",
+    "bad_seq", "seq_order", "seq_jump", "bad_probe", "bad_kind", "bad_duration", "bad_phase",
     "field_too_long", "result_too_large", "too_many_probes",
+    "bad_timestamp", "too_old", "bad_interval",
 )
 
 
@@ -133,16 +192,22 @@ class Watermark:
 class _Session:
     """One accepted agent stream."""
 
-    __slots__ = ("agent", "end_code", "end_message", "region", "task", "watermark")
+    __slots__ = ("agent", "end_code", "end_message", "epoch", "last_active", "region",
+                 "seq_origin_ns", "task", "watermark")
 
     def __init__(self, agent: str, region: str, watermark: Watermark,
-                 task: asyncio.Task[Any] | None) -> None:
+                 task: asyncio.Task[Any] | None, *, epoch: int = 0, now: float = 0.0,
+                 seq_origin_ns: int = 0) -> None:
         self.agent = agent
         self.region = region
         self.watermark = watermark
         self.task = task
         self.end_code: grpc.StatusCode | None = None
         self.end_message = ""
+        self.epoch = epoch  # the Hello's
+        self.last_active = now  # monotonic time of the Hello or the latest batch
+        # The seq bound: (wall ns - seq_origin_ns) * rate (see `IngestServicer._seq_ceiling`).
+        self.seq_origin_ns = seq_origin_ns
 
     def end(self, code: grpc.StatusCode, message: str) -> None:
         """End the stream from outside its handler: it answers with `code`."""
@@ -164,6 +229,18 @@ def _bearer(metadata: Any) -> bytes | None:
     return None
 
 
+# The log detail of the result contract's reasons (`str.format` with `limits`).
+_CONTRACT_DETAILS = {
+    "bad_duration": f"a duration NaN, negative or over {MAX_DURATION_S:g}s",
+    "bad_timestamp": ("a timestamp negative or over {limits.max_clock_skew:g}s ahead of the "
+                      "collector's clock (limits.max_clock_skew)"),
+    "too_old": ("a result stamped over {limits.max_result_age:g}s ago, skipped "
+                "(limits.max_result_age)"),
+    "bad_interval": ("an interval_ms over {limits.max_probe_interval:g}s "
+                     "(limits.max_probe_interval)"),
+}
+
+
 def _known_name(value: str, known: set[str]) -> bool:
     """Whether `value` is a valid name (probenet.names), remembering it in `known` if so."""
     if not is_name(value):
@@ -182,10 +259,14 @@ class IngestServicer:
                  watermarks: Mapping[str, tuple[int, int]] | None = None,
                  identity_check: bool = False,
                  details: LatestDetails | None = None,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float],
+                 wall_clock_ns: Callable[[], int] = time.time_ns,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         """`watermarks` are the journal's, so deduplication continues after a restart.
 
         `details` receives the wire bytes of each accepted result (None: nothing is kept).
+        `wall_clock_ns` is what epochs are checked against (the agents' clocks, not the
+        classifier's `clock`, which tests move by hand); `monotonic` times stream silence.
         """
         self._classifier = classifier
         self._committer = committer
@@ -210,6 +291,11 @@ class IngestServicer:
         # until a restart, so without a registry `max_unregistered_agents` counts these.
         self._agent_ids: set[str] = set()
         self._draining = False
+        self._wall_ns = wall_clock_ns
+        self._monotonic = monotonic
+        self._started = monotonic()
+        # Agent id -> monotonic time its last stream ended (for `epoch_rollback_after`).
+        self._idle_since: dict[str, float] = {}
 
     @classmethod
     def build(cls, config: CollectorConfig, **kwargs: Any) -> IngestServicer:
@@ -318,23 +404,35 @@ class IngestServicer:
         self._check_hello_lengths(hello, labels)
         if self._registry is not None:
             labels.update(self._authenticate(hello, context))
-        watermark = self._watermarks.get(agent)
-        if watermark is not None and hello.epoch < watermark.epoch:
+        now_ns = self._wall_ns()
+        skew_ns = int(self._limits.max_epoch_skew * 1e9)
+        if hello.epoch > now_ns + skew_ns:
             raise StreamRejectedError(
-                _S.FAILED_PRECONDITION, "stale_epoch",
-                f"epoch {hello.epoch} is older than {watermark.epoch}, already seen "
-                f"from {agent}")
+                _S.INVALID_ARGUMENT, "bad_epoch",
+                f"epoch {hello.epoch} is later than the collector's clock "
+                f"({now_ns} unix ns) plus {self._limits.max_epoch_skew:g}s "
+                "(limits.max_epoch_skew): check the agent's clock")
+        watermark = self._watermarks.get(agent)
+        old = self._sessions.get(agent)
+        if watermark is not None and hello.epoch < watermark.epoch:
+            self._check_rollback(agent, hello.epoch, watermark, live=old is not None)
+            watermark = None
+        if old is not None:
+            self._check_takeover(old, hello.epoch)
         self._check_agent_room(agent)
         self._agent_ids.add(agent)
         if watermark is None or hello.epoch > watermark.epoch:
             watermark = Watermark(hello.epoch, 0)
             self._watermarks[agent] = watermark
             self._dirty.add(agent)
-        old = self._sessions.get(agent)
         if old is not None:
             old.end(_S.ABORTED, "replaced by a newer stream of the same agent")
-            log.warning("agent stream replaced", extra={"agent": agent, "region": region})
-        session = _Session(agent, region, watermark, asyncio.current_task())
+            log.warning("agent stream replaced", extra={
+                "agent": agent, "region": region, "epoch": hello.epoch,
+                "old_epoch": old.epoch})
+        session = _Session(agent, region, watermark, asyncio.current_task(),
+                           epoch=hello.epoch, now=self._monotonic(),
+                           seq_origin_ns=hello.epoch - skew_ns)
         self._sessions[agent] = session
         interval_s = hello.interval_ms / 1000 if hello.interval_ms else DEFAULT_INTERVAL_S
         self._classifier.agent_connected(agent, region, labels, interval_s, self._clock())
@@ -345,6 +443,43 @@ class IngestServicer:
             "agent": agent, "region": region, "epoch": hello.epoch,
             "acked_seq": watermark.seq, "version": hello.version, "peer": context.peer()})
         return session
+
+    def _check_rollback(self, agent: str, epoch: int, watermark: Watermark, *,
+                        live: bool) -> None:
+        """Allow an epoch older than the watermark's only after `epoch_rollback_after` idle.
+
+        Refused (`stale_epoch`) while the agent has a live stream or had one recently: the
+        older epoch is then a stale process of the agent, whose resends must not be applied
+        again over the newer epoch's.
+        """
+        idle_s = self._monotonic() - self._idle_since.get(agent, self._started)
+        wait_s = self._limits.epoch_rollback_after
+        if live or idle_s < wait_s:
+            raise StreamRejectedError(
+                _S.FAILED_PRECONDITION, "stale_epoch",
+                f"epoch {epoch} is older than {watermark.epoch}, already seen from {agent}; "
+                f"accepted once the agent has had no stream for {wait_s:g}s "
+                "(limits.epoch_rollback_after), or after `probenet reset-agent`")
+        log.warning("agent epoch rolled back", extra={
+            "agent": agent, "epoch": epoch, "old_epoch": watermark.epoch,
+            "old_acked_seq": watermark.seq, "idle_s": round(idle_s, 3)})
+
+    def _check_takeover(self, live: _Session, epoch: int) -> None:
+        """Whether a new stream of `live`'s agent with `epoch` may replace it (else refused).
+
+        The same epoch is the same agent process reconnecting; another epoch needs the live
+        stream silent for `stream_takeover_after`, or an mTLS-checked identity.
+        """
+        if epoch == live.epoch or self._identity_check:
+            return
+        silent_s = self._monotonic() - live.last_active
+        wait_s = self._limits.stream_takeover_after
+        if silent_s < wait_s:
+            raise StreamRejectedError(
+                _S.ALREADY_EXISTS, "agent_already_connected",
+                f"agent {live.agent!r} has a live stream (another epoch) that was active "
+                f"{silent_s:.0f}s ago; a new one may replace it after {wait_s:g}s of "
+                "silence (limits.stream_takeover_after)")
 
     def _check_hello_lengths(self, hello: pb.Hello, labels: Mapping[str, str]) -> None:
         """Hello's strings within `max_label_value_length` (they become label values)."""
@@ -421,6 +556,7 @@ class IngestServicer:
         if self._sessions.get(agent) is not session:
             return  # replaced: the newer stream owns the agent now
         del self._sessions[agent]
+        self._idle_since[agent] = self._monotonic()
         self._metrics.streams.set(len(self._sessions))
         try:
             self._classifier.agent_disconnected(agent, self._clock())
@@ -462,6 +598,8 @@ class IngestServicer:
                                           "not a probenet.v1.AgentMessage") from exc
         watermark = session.watermark
         applied_upto = watermark.seq
+        session.last_active = self._monotonic()
+        seq_ceiling = self._seq_ceiling(session)
         region = session.region
         failures = self._failures
         kinds = KINDS
@@ -471,6 +609,12 @@ class IngestServicer:
         max_reason = limits.max_reason_length
         max_service = limits.max_label_value_length
         max_result = limits.max_result_bytes
+        max_error = limits.max_error_length
+        max_interval_ms = limits.max_probe_interval * 1000
+        # The window of result timestamps (agent clock, unix ms), by the collector's clock.
+        now_ms = self._clock() * 1000
+        newest_ms = now_ms + limits.max_clock_skew * 1000
+        oldest_ms = now_ms - limits.max_result_age * 1000
         # The probe cap: the agent's probes are the pairs the classifier holds (across
         # reconnects). Checked per result only in a batch that could cross it.
         held = self._classifier.agent_probes(session.agent)
@@ -487,6 +631,8 @@ class IngestServicer:
             reason = None
             if seq <= highest:
                 reason = "seq_order" if seq else "bad_seq"
+            elif seq > seq_ceiling:
+                reason = "seq_jump"
             else:
                 highest = seq
                 if seq <= applied_upto:
@@ -497,9 +643,14 @@ class IngestServicer:
                     reason = "bad_probe"
                 elif result.kind not in kinds:
                     reason = "bad_kind"
-                elif not 0.0 <= result.duration_seconds < _INF:
+                elif not 0.0 <= result.duration_seconds <= MAX_DURATION_S:
                     reason = "bad_duration"
-                elif len(result.target) > max_target or len(result.service) > max_service:
+                elif (stamp := result.timestamp_ms) and not oldest_ms <= stamp <= newest_ms:
+                    reason = "too_old" if 0 < stamp < oldest_ms else "bad_timestamp"
+                elif result.interval_ms > max_interval_ms:
+                    reason = "bad_interval"
+                elif (len(result.target) > max_target or len(result.service) > max_service
+                      or len(result.error) > max_error or len(result.address) > max_target):
                     reason = "field_too_long"
                 # With the details store, every result that gets this far reads its wire
                 # bytes here (`wire`, kept below if it is accepted): they are what is kept.
@@ -550,6 +701,11 @@ class IngestServicer:
         return pb.CollectorMessage(ack=pb.Ack(
             epoch=watermark.epoch, acked_seq=watermark.seq)).SerializeToString()
 
+    def _seq_ceiling(self, session: _Session) -> int:
+        """The highest seq the agent could have numbered by now since its epoch began."""
+        elapsed_ns = max(0, self._wall_ns() - session.seq_origin_ns)
+        return elapsed_ns * self._limits.max_agent_results_per_second // 1_000_000_000
+
     def _result_rejection_detail(self, reason: str, probes: int) -> str:
         """The log detail of a result-level rejection: the limit it broke, by its config key.
 
@@ -564,11 +720,18 @@ class IngestServicer:
             return (f"a field over its limit: target {limits.max_target_length}, service "
                     f"{limits.max_label_value_length}, failure reason "
                     f"{limits.max_reason_length} characters (limits.max_target_length, "
-                    "max_label_value_length, max_reason_length)")
+                    "max_label_value_length, max_reason_length); error "
+                    f"{limits.max_error_length}, address {limits.max_target_length} "
+                    "characters (limits.max_error_length, max_target_length)")
+        if reason == "seq_jump":
+            return (f"a seq beyond what the agent could have numbered since its epoch at "
+                    f"{limits.max_agent_results_per_second} results/s "
+                    "(limits.max_agent_results_per_second)")
         if reason == "result_too_large":
             return (f"a result over {limits.max_result_bytes} bytes "
                     "(limits.max_result_bytes)")
-        return "invalid result"
+        detail = _CONTRACT_DETAILS.get(reason)
+        return "invalid result" if detail is None else detail.format(limits=limits)
 
     def _count_rejection(self, agent: str, reason: str, message: str, count: int = 1, *,
                          counted_result: bool = False) -> None:

@@ -11,6 +11,11 @@ One file, WAL mode, `synchronous=NORMAL`: a committed transaction survives a cra
   after a restart;
 - `meta`: the schema version.
 
+Who holds the file: every open Journal holds a shared `flock` on it (independent of
+SQLite's own POSIX locks); `Journal(path, exclusive=True)`, used by `probenet reset-agent`,
+needs it alone, so an operator's edit is refused while a collector has the journal open
+(the collector keeps watermarks in memory and would write its own back).
+
 Watermark trade-off: watermarks are written with every commit that has transitions, and
 otherwise flushed every few seconds and at shutdown, not per batch (an SQLite transaction
 per batch would cap ingest far below its target). After a crash, results applied after the
@@ -21,8 +26,10 @@ caused it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -94,10 +101,15 @@ class Journal:
     are small, and the loop's ordering is what guarantees commit-before-acknowledge.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        """Open (creating if needed) the journal at `path`; `open()` or `with` to start."""
+    def __init__(self, path: str | Path, *, exclusive: bool = False) -> None:
+        """Open (creating if needed) the journal at `path`; `open()` or `with` to start.
+
+        `exclusive`: refuse to open while anyone else (a running collector) has it open.
+        """
         self.path = str(path)
+        self.exclusive = exclusive
         self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
 
     def __enter__(self) -> Self:
         """Open the file and check or create the schema."""
@@ -119,17 +131,47 @@ class Journal:
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(self.path, f"cannot open: {exc}") from exc
         try:
+            self._lock()
+        except JournalError:
+            db.close()
+            raise
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
             self._migrate(db)
         except sqlite3.DatabaseError as exc:
             db.close()
+            self._unlock()
             raise JournalError(self.path, f"not a usable SQLite journal: {exc}") from exc
         except JournalError:
             db.close()
+            self._unlock()
             raise
         self._db = db
+
+    def _lock(self) -> None:
+        """Take the holder lock: shared, or exclusive (JournalError if someone holds it)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise JournalError(self.path, f"cannot open: {exc}") from exc
+        mode = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise JournalError(self.path, "in use by a running collector (or another "
+                                          "probenet command); stop it first") from exc
+        except OSError as exc:
+            os.close(fd)
+            raise JournalError(self.path, f"cannot lock: {exc}") from exc
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         tables = {row[0] for row in db.execute(
@@ -153,6 +195,7 @@ class Journal:
         if self._db is not None:
             self._db.close()
             self._db = None
+        self._unlock()
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -232,6 +275,27 @@ class Journal:
                 raise
         except sqlite3.Error as exc:
             raise JournalError(self.path, f"watermark flush failed: {exc}") from exc
+
+    def reset_watermark(self, agent: str) -> tuple[int, int] | None:
+        """Forget `agent`'s watermark (an operator's reset); return what it was, if any.
+
+        Its next stream then starts afresh with whatever epoch it brings. Meant for a
+        journal opened `exclusive`: a running collector would write its own back.
+        """
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT epoch, seq FROM agent_watermarks WHERE agent = ?",
+                                 (agent,)).fetchone()
+                db.execute("DELETE FROM agent_watermarks WHERE agent = ?", (agent,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise JournalError(self.path, f"watermark reset failed: {exc}") from exc
+        return (int(row[0]), int(row[1])) if row else None
 
     # -- reads -----------------------------------------------------------------------------
 

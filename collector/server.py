@@ -61,6 +61,9 @@ def grpc_server_options(config: CollectorConfig) -> list[tuple[str, Any]]:
         # Keepalive: find dead agents within ~40 s; let agents ping every 10 s at most.
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # A keepalive ping due while a flow-control ping is unanswered waits for that one,
+        # under this timeout (default 60 s): without it "~40 s" could be ~90 s.
+        ("grpc.http2.ping_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),

@@ -40,7 +40,10 @@ class CollectorApi:
     async def __aenter__(self) -> Self:
         """Open the HTTP session."""
         self._lifecycle.enter()
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        # Idle connections kept for less than the collector's 10 s keep-alive (see
+        # probenet.httpserve.HttpLimits), so a request never races the server's close.
+        connector = aiohttp.TCPConnector(keepalive_timeout=5.0)
+        self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
