@@ -26,13 +26,14 @@ caused it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Self
 
@@ -206,6 +207,24 @@ class Journal:
 
     # -- writes ----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _transaction(self, what: str, *, begin: str = "BEGIN") -> Iterator[sqlite3.Connection]:
+        """One transaction: committed when the block ends, rolled back when it raises.
+
+        SQLite errors (in the block too) become JournalError naming `what` failed.
+        """
+        db = self.db
+        try:
+            db.execute(begin)
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise JournalError(self.path, f"{what} failed: {exc}") from exc
+
     def commit(self, transitions: Sequence[Transition],
                watermarks: Watermarks | None = None) -> list[JournaledTransition]:
         """Write every outage transition (and the given watermarks) in one transaction.
@@ -213,24 +232,15 @@ class Journal:
         Returns the transitions in order, each with its journal seq (0 for TargetChange,
         which is not journaled).
         """
-        db = self.db
         out: list[JournaledTransition] = []
-        try:
-            db.execute("BEGIN")
-            try:
-                for item in transitions:
-                    if isinstance(item, OutageTransition):
-                        out.append(JournaledTransition(self._write(db, item), item))
-                    else:
-                        out.append(JournaledTransition(0, item))
-                if watermarks:
-                    self._write_watermarks(db, watermarks)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise JournalError(self.path, f"commit failed: {exc}") from exc
+        with self._transaction("commit") as db:
+            for item in transitions:
+                if isinstance(item, OutageTransition):
+                    out.append(JournaledTransition(self._write(db, item), item))
+                else:
+                    out.append(JournaledTransition(0, item))
+            if watermarks:
+                self._write_watermarks(db, watermarks)
         return out
 
     @staticmethod
@@ -264,17 +274,8 @@ class Journal:
         """Persist agents' applied watermarks (periodically and at shutdown)."""
         if not watermarks:
             return
-        db = self.db
-        try:
-            db.execute("BEGIN")
-            try:
-                self._write_watermarks(db, watermarks)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise JournalError(self.path, f"watermark flush failed: {exc}") from exc
+        with self._transaction("watermark flush") as db:
+            self._write_watermarks(db, watermarks)
 
     def reset_watermark(self, agent: str) -> tuple[int, int] | None:
         """Forget `agent`'s watermark (an operator's reset); return what it was, if any.
@@ -282,19 +283,10 @@ class Journal:
         Its next stream then starts afresh with whatever epoch it brings. Meant for a
         journal opened `exclusive`: a running collector would write its own back.
         """
-        db = self.db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute("SELECT epoch, seq FROM agent_watermarks WHERE agent = ?",
-                                 (agent,)).fetchone()
-                db.execute("DELETE FROM agent_watermarks WHERE agent = ?", (agent,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise JournalError(self.path, f"watermark reset failed: {exc}") from exc
+        with self._transaction("watermark reset", begin="BEGIN IMMEDIATE") as db:
+            row = db.execute("SELECT epoch, seq FROM agent_watermarks WHERE agent = ?",
+                             (agent,)).fetchone()
+            db.execute("DELETE FROM agent_watermarks WHERE agent = ?", (agent,))
         return (int(row[0]), int(row[1])) if row else None
 
     # -- reads -----------------------------------------------------------------------------
