@@ -154,7 +154,9 @@ class Hello(_message.Message):
     """The agent's software version, e.g. "0.1.0"."""
     epoch: _builtins.int
     """Identifies one run of the agent; sequence numbers restart with each epoch. The agent
-    uses its start time in unix nanoseconds, so a later run has a larger epoch.
+    uses its start time in unix nanoseconds, so a later run has a larger epoch. The
+    collector refuses an epoch later than its own clock plus limits.max_epoch_skew, and
+    drops a seq above what the agent could have numbered since its epoch.
     """
     interval_ms: _builtins.int
     """The agent's shortest probe interval in milliseconds: staleness is counted in these."""
