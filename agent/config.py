@@ -175,6 +175,19 @@ def _as_list(value: Any) -> Any:
 
 Regex = Annotated[str, AfterValidator(_check_regex)]
 PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+# The collector's default limits.max_probe_interval: results with a longer interval are
+# refused (bad_interval), so a valid config never produces one.
+MAX_INTERVAL_S = 7 * 86_400.0
+
+
+def _at_most_a_week(value: float) -> float:
+    if value > MAX_INTERVAL_S:
+        raise ValueError(f"must be at most 7 days (got {format_duration(value)}); the "
+                         "collector refuses longer intervals")
+    return value
+
+
+Interval = Annotated[PositiveDuration, AfterValidator(_at_most_a_week)]
 # The collector answers pings more frequent than every 10s with GOAWAY too_many_pings
 # (`grpc.http2.min_ping_interval_without_data_ms` in collector/server.py).
 MIN_KEEPALIVE_S = 10.0
@@ -436,7 +449,7 @@ class ProbeSpec(FrozenModel):
     kind: ProbeKind
     target: str = Field(max_length=MAX_TARGET_LENGTH)
     # 0.0 until resolved from `defaults` by AgentConfig; always > 0 afterwards.
-    interval: PositiveDuration = 0.0
+    interval: Interval = 0.0
     timeout: PositiveDuration = 0.0
     confirm_delay: PositiveDuration = 0.0
     all_addresses: bool = False
@@ -506,7 +519,7 @@ class ProbeSpec(FrozenModel):
 class ProbeDefaults(FrozenModel):
     """Values a probe takes when it does not set them itself."""
 
-    interval: PositiveDuration = 30.0
+    interval: Interval = 30.0
     timeout: PositiveDuration = 5.0
     # None: the smaller of 1s and a tenth of each probe's interval.
     confirm_delay: PositiveDuration | None = None

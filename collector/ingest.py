@@ -482,7 +482,17 @@ class IngestServicer:
                 "silence (limits.stream_takeover_after)")
 
     def _check_hello_lengths(self, hello: pb.Hello, labels: Mapping[str, str]) -> None:
-        """Hello's strings within `max_label_value_length` (they become label values)."""
+        """Hello's strings within `max_label_value_length` (they become label values).
+
+        Its `interval_ms` (the agent's shortest probe interval, which sets when it goes
+        stale) is bounded by `max_probe_interval`, as each result's is.
+        """
+        max_interval = self._limits.max_probe_interval
+        if hello.interval_ms > max_interval * 1000:
+            raise StreamRejectedError(
+                _S.INVALID_ARGUMENT, "bad_hello",
+                f"interval_ms: {hello.interval_ms} is over {max_interval:g}s "
+                "(limits.max_probe_interval)")
         cap = self._limits.max_label_value_length
         values = [("agent_id", hello.agent_id), ("region", hello.region),
                   ("version", hello.version)]

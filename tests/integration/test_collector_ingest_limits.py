@@ -276,3 +276,18 @@ async def test_every_limit_reason_exists_from_the_start(tmp_path):
             assert service.registry.get_sample_value(
                 "probenet_ingest_rejections_total", {"reason": reason}) == 0.0
 
+
+
+async def test_a_hello_interval_over_the_probe_interval_limit_is_refused(tmp_path):
+    config = limits_config(tmp_path, "max_probe_interval: 1h")
+    async with CollectorService(config, clock=ManualClock()) as service:
+        with pytest.raises(StreamEndedError) as ended:
+            async with TestAgent(service.grpc_address, "fra-1", "eu", interval_ms=3_600_001):
+                pass
+        assert ended.value.code is S.INVALID_ARGUMENT
+        assert ended.value.details == ("interval_ms: 3600001 is over 3600s "
+                                       "(limits.max_probe_interval)")
+        assert rejections(service, "bad_hello") == 1
+        # At the limit, the same agent is welcome.
+        async with TestAgent(service.grpc_address, "fra-1", "eu", interval_ms=3_600_000) as agent:
+            assert (await agent.send([agent.result("web")])).acked_seq == 1

@@ -46,6 +46,8 @@ BROKEN = [
     ("all_addresses_on_dns.yaml", ("8:20: probes[0].all_addresses: all_addresses applies to "
                                   "http and tcp probes, not dns")),
     # The collector refuses longer label values; a valid agent config never produces one.
+    ("interval_over_a_week.yaml", ("7:15: probes[0].interval: must be at most 7 days (got "
+                                  "192h); the collector refuses longer intervals")),
     ("service_too_long.yaml", "5:14: probes[0].service: String should have at most 128 characters"),
 ]
 
