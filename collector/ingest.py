@@ -230,7 +230,23 @@ def _bearer(metadata: Any) -> bytes | None:
 
 
 # The log detail of the result contract's reasons (`str.format` with `limits`).
-_CONTRACT_DETAILS = {
+# The log detail of each result-level rejection: the limit it broke, by its config key
+# (formatted with `limits` and `probes`, the agent's count of distinct probes now).
+_RESULT_REJECTION_DETAILS = {
+    "too_many_probes": ("results for new probes: the agent reports {probes} distinct probes; "
+                        "the limit is {limits.max_probes_per_agent} "
+                        "(limits.max_probes_per_agent); its known probes are still applied"),
+    "field_too_long": ("a field over its limit: target {limits.max_target_length}, service "
+                       "{limits.max_label_value_length}, failure reason "
+                       "{limits.max_reason_length} characters (limits.max_target_length, "
+                       "max_label_value_length, max_reason_length); error "
+                       "{limits.max_error_length}, address {limits.max_target_length} "
+                       "characters (limits.max_error_length, max_target_length)"),
+    "seq_jump": ("a seq beyond what the agent could have numbered since its epoch at "
+                 "{limits.max_agent_results_per_second} results/s "
+                 "(limits.max_agent_results_per_second)"),
+    "result_too_large": ("a result over {limits.max_result_bytes} bytes "
+                         "(limits.max_result_bytes)"),
     "bad_duration": f"a duration NaN, negative or over {MAX_DURATION_S:g}s",
     "bad_timestamp": ("a timestamp negative or over {limits.max_clock_skew:g}s ahead of the "
                       "collector's clock (limits.max_clock_skew)"),
@@ -717,31 +733,10 @@ class IngestServicer:
         return elapsed_ns * self._limits.max_agent_results_per_second // 1_000_000_000
 
     def _result_rejection_detail(self, reason: str, probes: int) -> str:
-        """The log detail of a result-level rejection: the limit it broke, by its config key.
-
-        `probes` is the agent's count of distinct probes now (for `too_many_probes`).
-        """
-        limits = self._limits
-        if reason == "too_many_probes":
-            return (f"results for new probes: the agent reports {probes} distinct probes; "
-                    f"the limit is {limits.max_probes_per_agent} "
-                    "(limits.max_probes_per_agent); its known probes are still applied")
-        if reason == "field_too_long":
-            return (f"a field over its limit: target {limits.max_target_length}, service "
-                    f"{limits.max_label_value_length}, failure reason "
-                    f"{limits.max_reason_length} characters (limits.max_target_length, "
-                    "max_label_value_length, max_reason_length); error "
-                    f"{limits.max_error_length}, address {limits.max_target_length} "
-                    "characters (limits.max_error_length, max_target_length)")
-        if reason == "seq_jump":
-            return (f"a seq beyond what the agent could have numbered since its epoch at "
-                    f"{limits.max_agent_results_per_second} results/s "
-                    "(limits.max_agent_results_per_second)")
-        if reason == "result_too_large":
-            return (f"a result over {limits.max_result_bytes} bytes "
-                    "(limits.max_result_bytes)")
-        detail = _CONTRACT_DETAILS.get(reason)
-        return "invalid result" if detail is None else detail.format(limits=limits)
+        """The log detail of a result-level rejection (`probes`: the agent's probe count)."""
+        detail = _RESULT_REJECTION_DETAILS.get(reason)
+        return "invalid result" if detail is None else detail.format(limits=self._limits,
+                                                                      probes=probes)
 
     def _count_rejection(self, agent: str, reason: str, message: str, count: int = 1, *,
                          counted_result: bool = False) -> None:
