@@ -47,6 +47,7 @@ from pydantic import (
 
 from probenet.addresses import is_host, split_host_port
 from probenet.configfile import (
+    ByteSize,
     ConfigError,
     CrossCheck,
     Duration,
@@ -227,6 +228,19 @@ class AgentIdentity(FrozenModel):
     labels: Labels = Field(default_factory=dict)
     # Bind every probe's sockets (HTTP, TCP, DNS, ...) to this local address.
     source_address: Annotated[str, AfterValidator(_check_ip)] | None = None
+    # Where the agent keeps its epoch, sequence and unacknowledged results (agent/state.py),
+    # relative to this file's folder. Unset: $STATE_DIRECTORY (systemd's StateDirectory=),
+    # else `<config name>.state` next to the config file.
+    state_dir: str | None = None
+
+    @field_validator("state_dir")
+    @classmethod
+    def _resolve_state_dir(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("must not be empty (leave it out for the default)")
+        return resolve_path(value, info.context)
 
 
 class CollectorTls(_PathModel):
@@ -548,9 +562,19 @@ class StreamSettings(FrozenModel):
 
 
 class BufferSettings(FrozenModel):
-    """The in-memory buffer of results not yet acknowledged by a collector."""
+    """The buffer of results not yet acknowledged by every collector (agent/spool.py).
+
+    Held in memory and, with `disk` (the default), first committed to the state file in
+    `agent.state_dir`, so that a restart (even `kill -9`) resends them with the same epoch.
+    Beyond either bound the oldest results are dropped and counted.
+    """
 
     max_results: int = Field(default=100_000, ge=1, le=100_000_000)
+    disk: bool = True
+    max_bytes: ByteSize = Field(default=256 << 20, ge=1 << 20)
+    # normal: survives any crash of the agent, a power cut may lose the last few seconds;
+    # full: an fsync per commit, a power cut loses nothing that was committed.
+    sync: Literal["normal", "full"] = "normal"
 
 
 class MetricsSettings(FrozenModel):

@@ -4,6 +4,7 @@
     ├── ProbeBuildError           a probe cannot be built from its spec (names the probe)
     ├── StreamError               a collector stream failed (the client reconnects)
     │   └── StreamRejectedError        the collector refused us (bad token, wrong region, ...)
+    ├── StateError                the state directory or file cannot be used (names it)
     └── LifecycleError            a component was entered twice or used outside its context
                                   (also a probenet.lifecycle.LifecycleError)
 
@@ -46,6 +47,16 @@ class StreamRejectedError(StreamError):
         """`code` is e.g. "UNAUTHENTICATED" or "PERMISSION_DENIED"."""
         super().__init__(collector, f"{code}: {message}")
         self.code = code
+
+
+class StateError(AgentError):
+    """The agent's state (agent/state.py) cannot be used; `path` names the file or folder."""
+
+    def __init__(self, path: str, message: str) -> None:
+        """Keep the path as an attribute; the message names it too."""
+        super().__init__(f"agent state {path}: {message}")
+        self.path = path
+        self.message = message
 
 
 class LifecycleError(AgentError, lifecycle.LifecycleError):

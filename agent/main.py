@@ -32,11 +32,12 @@ from probenet.version import __version__
 
 from .config import AgentConfig, ConfigError, load_config
 from .errors import AgentError, LifecycleError, ProbeBuildError
-from .metrics import AgentStateCollector, MetricsServer, ProbeCounters
+from .metrics import AgentStateCollector, MetricsServer, ProbeCounters, StateFileCollector
 from .probes import unavailable_kinds
 from .results import ResultFanout
 from .scheduler import Scheduler
 from .spool import Spool
+from .state import DurableSpools, StateFile, state_path
 from .stream import CollectorStream
 
 if TYPE_CHECKING:
@@ -67,17 +68,31 @@ class Agent:
 
     def __init__(self, config: AgentConfig, *, registry: CollectorRegistry | None = None,
                  epoch: int | None = None, observers: Sequence[Callable[[pb.ProbeResult],
-                                                                            None]] = ()) -> None:
+                                                                            None]] = (),
+                 state_dir: Path | None = None) -> None:
         """Build the probes now (ProbeBuildError names one that cannot be built).
 
         `epoch` defaults to now in unix nanoseconds; `observers` see every result (tests).
+        With `state_dir` (and `buffer.disk`), results are committed to the agent's state
+        file before they are sent, and the epoch, sequence and unacknowledged results of
+        the previous run in that folder are taken over when entering.
         """
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
         self.epoch = epoch if epoch is not None else time.time_ns()
         self.counters = ProbeCounters(self.registry)
         self.spools = [Spool(config.buffer.max_results) for _ in config.collectors]
-        self.fanout = ResultFanout(self.spools, observers)
+        self.durable: DurableSpools | None = None
+        if state_dir is not None and config.buffer.disk:
+            buffer = config.buffer
+            state = StateFile(state_path(state_dir, config.agent.id),
+                              max_results=buffer.max_results, max_bytes=buffer.max_bytes,
+                              sync=buffer.sync)
+            self.durable = DurableSpools(state, {
+                c.address: s for c, s in zip(config.collectors, self.spools, strict=True)})
+        self.fanout = ResultFanout(self.spools, observers, durable=self.durable)
+        if self.durable is not None:
+            self.registry.register(StateFileCollector(self.durable))
         self.streams = [
             CollectorStream(target, spool, hello=self.hello, settings=config.stream)
             for target, spool in zip(config.collectors, self.spools, strict=True)]
@@ -105,6 +120,13 @@ class Agent:
         """Start the metrics endpoint, the streams, then the probes."""
         self._lifecycle.enter()
         async with contextlib.AsyncExitStack() as stack:
+            if self.durable is not None:
+                self._restore(self.durable)
+                stack.callback(self.durable.close)
+                stack.push_async_callback(self.durable.drain)
+                tasks = await stack.enter_async_context(asyncio.TaskGroup())
+                acks = tasks.create_task(self.durable.run_acks(), name="agent-state-acks")
+                stack.callback(acks.cancel)
             if self.metrics_server is not None:
                 await stack.enter_async_context(self.metrics_server)
             for stream in self.streams:
@@ -119,6 +141,16 @@ class Agent:
         _check_icmp_permission(self.config)
         return self
 
+    def _restore(self, durable: DurableSpools) -> None:
+        """Take over the state file's epoch, sequence and unacknowledged results."""
+        restored = durable.state.open(self.epoch)
+        self.epoch = restored.epoch
+        self.fanout.last_seq = restored.last_seq
+        queued = durable.restore(restored)
+        log.info("agent state %s", "created" if restored.fresh else "restored", extra={
+            "path": str(durable.state.path), "epoch": restored.epoch,
+            "last_seq": restored.last_seq, "unacknowledged": queued})
+
     async def __aexit__(self, *exc_info: object) -> None:
         """Stop everything at once (idempotent); see `shutdown` for a graceful stop."""
         if not self._lifecycle.leave():
@@ -130,6 +162,8 @@ class Agent:
     async def shutdown(self, grace_s: float) -> bool:
         """Stop probing, then flush buffered results for up to `grace_s`; True if all went."""
         self.scheduler.stop()
+        if self.durable is not None:
+            await self.durable.drain()  # the last results reach the spools
         buffered = sum(len(s) for s in self.spools)
         log.info("agent stopping: flushing results", extra={
             "buffered": buffered, "grace_s": grace_s})
@@ -165,7 +199,8 @@ async def serve(path: Path, config: AgentConfig, *, ready: asyncio.Event | None 
     with StopSignals(log, forced_status=1,
                      handlers={signal.SIGHUP: reload_requested.set}) as signals:
         stop = signals.stop
-        async with Agent(config) as agent, asyncio.TaskGroup() as tasks:
+        async with Agent(config, state_dir=choose_state_dir(path, config)) as agent, \
+                asyncio.TaskGroup() as tasks:
             tasks.create_task(_reload_loop(agent, path, reload_requested, stop),
                               name="agent-reload")
             if ready is not None:
@@ -174,6 +209,33 @@ async def serve(path: Path, config: AgentConfig, *, ready: asyncio.Event | None 
             await agent.shutdown(config.scheduler.grace_period)
     log.info("agent stopped")
     return 0
+
+
+def choose_state_dir(path: Path, config: AgentConfig) -> Path | None:
+    """The folder of the agent's state file; None keeps results in memory only.
+
+    `agent.state_dir` when set (an unusable one fails the start, naming it); else systemd's
+    $STATE_DIRECTORY; else `<config name>.state` next to the config file. A default folder
+    that cannot be created (a read-only config folder) is logged, and the agent runs with
+    its buffer in memory only.
+    """
+    if not config.buffer.disk:
+        return None
+    if config.agent.state_dir is not None:
+        return Path(config.agent.state_dir)
+    systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    folder = Path(systemd) if systemd else path.parent / f"{path.stem}.state"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        log.warning("no state directory: unacknowledged results are kept in memory only, "
+                    "and a restart starts a new epoch; set agent.state_dir", extra={
+                        "state_dir": str(folder), "error": exc.strerror or str(exc)})
+        return None
+    return folder
 
 
 async def _reload_loop(agent: Agent, path: Path, requested: asyncio.Event,

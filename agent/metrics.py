@@ -160,6 +160,48 @@ class AgentStateCollector(Collector):
         yield from (depth, capacity, dropped, connected, state, reconnects, sent)
 
 
+class StateView(Protocol):
+    """What `StateFileCollector` reads from the agent's durable spool (agent/state.py)."""
+
+    @property
+    def held(self) -> tuple[int, int]:
+        """(results, bytes) in the state file."""
+        ...
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed (or attempted)."""
+        ...
+
+    @property
+    def write_failures(self) -> int:
+        """Commits that failed (the results stayed in memory)."""
+        ...
+
+
+class StateFileCollector(Collector):
+    """The agent's state file: results and bytes held, commits, failed writes."""
+
+    def __init__(self, state: StateView) -> None:
+        """Read `state` on every scrape."""
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the current values."""
+        results, size = self._state.held
+        yield GaugeMetricFamily("probenet_agent_state_results",
+                                "Results in the state file, not acknowledged by every collector.",
+                                value=results)
+        yield GaugeMetricFamily("probenet_agent_state_bytes",
+                                "Bytes of results in the state file.", value=size)
+        yield CounterMetricFamily("probenet_agent_state_commits",
+                                  "Transactions committed to the state file.",
+                                  value=self._state.commits)
+        yield CounterMetricFamily("probenet_agent_state_write_failures",
+                                  "Commits to the state file that failed (disk full, I/O error).",
+                                  value=self._state.write_failures)
+
+
 class MetricsServer:
     """Serves `registry` on `http://listen/metrics` (async context manager; port 0 allowed)."""
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .config import ProbeSpec
     from .probes.base import ProbeOutcome
     from .spool import Spool
+    from .state import DurableSpools
 
 PHASES: dict[str, pb.Phase.ValueType] = {
     "": pb.PHASE_UNSPECIFIED, "dns": pb.PHASE_DNS, "connect": pb.PHASE_CONNECT,
@@ -53,20 +54,28 @@ def to_wire(spec: ProbeSpec, outcome: ProbeOutcome, *, confirmed: bool,
 
 
 class ResultFanout:
-    """Numbers results (1, 2, ... per epoch) and appends each to every spool."""
+    """Numbers results (1, 2, ... per epoch) and appends each to every spool.
+
+    With `durable`, results go to the spools through it, once committed to the state file.
+    """
 
     def __init__(self, spools: Sequence[Spool] = (),
-                 observers: Sequence[Callable[[pb.ProbeResult], None]] = ()) -> None:
+                 observers: Sequence[Callable[[pb.ProbeResult], None]] = (), *,
+                 durable: DurableSpools | None = None) -> None:
         """`observers` see every numbered result too (tests, self-metrics)."""
         self.spools = list(spools)
         self.observers = list(observers)
+        self.durable = durable
         self.last_seq = 0
 
     def publish(self, result: pb.ProbeResult) -> None:
-        """Number `result` and hand it to every spool and observer."""
+        """Number `result` and hand it to every spool (or the durable stage) and observer."""
         self.last_seq += 1
         result.seq = self.last_seq
-        for spool in self.spools:
-            spool.add(result)
+        if self.durable is not None:
+            self.durable.stage(result)
+        else:
+            for spool in self.spools:
+                spool.add(result)
         for observer in self.observers:
             observer(result)

@@ -65,6 +65,16 @@ class Spool:
                 count += 1
         return count
 
+    def drop_through(self, seq: int) -> int:
+        """Drop every result with seq <= `seq` as lost (the disk bound); count and return."""
+        count = 0
+        for queue in (self._sent, self._unsent):
+            while queue and queue[0].seq <= seq:
+                queue.popleft()
+                count += 1
+        self.dropped += count
+        return count
+
     def rewind(self) -> None:
         """A new stream: everything unacknowledged is unsent again, oldest first."""
         self._unsent.extendleft(reversed(self._sent))

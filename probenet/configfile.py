@@ -71,6 +71,26 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 """A duration field: written `30s` in YAML, held as float seconds."""
 
 
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|TiB|kB|MB|GB|TB)?")
+_UNIT_BYTES = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+               "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def parse_size(value: Any) -> int:
+    """Parse `512MiB`, `2GB` or a whole number of bytes into bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        msg = f"invalid size {value!r}: write it like 512MiB, 2GiB or 1GB"
+        raise ValueError(msg)
+    return int(match.group(1)) * _UNIT_BYTES[match.group(2)]
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+"""A size field: written `512MiB` (or a number of bytes) in YAML, held as int bytes."""
+
+
 def check_host_port(value: str) -> str:
     """`value` when it is a `host:port` address (port 1-65535), else ValueError."""
     split_host_port(value)
