@@ -11,6 +11,8 @@ CPU 0 hosts the system under test, one at a time:
    probes of one kind at an interval short enough to saturate one core, every result
    streamed to the collector. Probes completed come from the agent's own
    `probenet_agent_probe_runs_total`, CPU seconds of the agent process from /proc.
+   The same run again with `buffer: {disk: false}` (memory only) measures what the disk
+   spool (agent/state.py) costs per probe.
 2. prometheus-blackbox-exporter (`GOMAXPROCS=1`), driven through `/probe` with a bounded
    number of concurrent requests (`--concurrency`) for the same target and kind; probes
    completed are the driver's successful `/probe` answers, CPU seconds those of the
@@ -128,7 +130,7 @@ asyncio.run(main())
 # -- the agent under test ----------------------------------------------------------------------
 
 def agent_yaml(kind: str, target: str, probes: int, *, interval: str, collector: str,
-               metrics_port: int) -> str:
+               metrics_port: int, disk: bool = True) -> str:
     lines = [f"  - {{name: {kind}-{i}, kind: {kind}, target: '{target}'}}"
              for i in range(probes)]
     return "\n".join([
@@ -137,7 +139,7 @@ def agent_yaml(kind: str, target: str, probes: int, *, interval: str, collector:
         f"defaults: {{interval: {interval}, timeout: 900ms}}",
         "scheduler: {max_concurrent: 256, confirm_failures: false}",
         "stream: {max_batch_results: 1000, linger: 50ms}",
-        "buffer: {max_results: 1000000}",
+        f"buffer: {{max_results: 1000000, disk: {'true' if disk else 'false'}}}",
         f"metrics: {{listen: '127.0.0.1:{metrics_port}'}}",
         "probes:", *lines, ""])
 
@@ -170,12 +172,12 @@ async def wait_metrics(port: int, proc: subprocess.Popen[bytes], log: Path) -> N
 
 
 async def measure_agent(kind: str, target: str, args: argparse.Namespace, *, collector: str,
-                        folder: Path, uvloop: bool) -> dict[str, float]:
+                        folder: Path, uvloop: bool, disk: bool = True) -> dict[str, float]:
     port = free_port()
     config = folder / f"agent-{kind}.yaml"
     rate = args.http_rate if kind == "http" else args.tcp_rate
     write_text(config, agent_yaml(kind, target, rate, interval="1s", collector=collector,
-                                 metrics_port=port))
+                                 metrics_port=port, disk=disk))
     log = folder / f"agent-{kind}.log"
     env = dict(os.environ)
     if not uvloop:
@@ -351,6 +353,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     figures[name] = await measure_agent(
                         kind, target, args, collector=f"127.0.0.1:{grpc_port}", folder=folder,
                         uvloop=use_uvloop)
+                # The disk spool's cost: the same run with the buffer in memory only.
+                figures[f"agent_{kind}_memory_only"] = await measure_agent(
+                    kind, target, args, collector=f"127.0.0.1:{grpc_port}", folder=folder,
+                    uvloop=False, disk=False)
                 if HAS_BLACKBOX:
                     figures[f"blackbox_{kind}"] = await measure_blackbox(kind, target, args,
                                                                          folder)
@@ -373,12 +379,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 def print_table(figures: dict[str, Any]) -> None:
     print(f"{'run':<22} {'probes/s':>10} {'CPU s/1000':>11} {'probes/CPU-s':>13} "
           f"{'failures':>9}")
-    for name in ("agent_http", "agent_http_uvloop", "blackbox_http", "agent_tcp",
-                 "agent_tcp_uvloop", "blackbox_tcp"):
+    for name in ("agent_http", "agent_http_uvloop", "agent_http_memory_only", "blackbox_http",
+                 "agent_tcp", "agent_tcp_uvloop", "agent_tcp_memory_only", "blackbox_tcp"):
         row = figures.get(name)
         if row:
             print(f"{name:<22} {row['probes_per_s']:>10.0f} {row['cpu_s_per_1000']:>11.3f} "
                   f"{row['probes_per_cpu_s']:>13.0f} {row['failures']:>9.0f}")
+    for kind in ("http", "tcp"):
+        disk, memory = figures.get(f"agent_{kind}"), figures.get(f"agent_{kind}_memory_only")
+        if disk and memory and memory["probes_per_cpu_s"] > 0:
+            print(f"{'disk_' + kind:<22} probes per CPU-second with the disk spool / memory "
+                  f"only = {disk['probes_per_cpu_s'] / memory['probes_per_cpu_s']:.2f}")
     for key in ("ratio_http", "ratio_http_uvloop", "ratio_tcp", "ratio_tcp_uvloop"):
         if key in figures:
             print(f"{key:<22} agent/blackbox probes per CPU-second = {figures[key]:.2f}")
