@@ -13,10 +13,11 @@ results to the collectors' spools, so nothing is ever sent that is not on disk. 
 every unacknowledged result queued again for the collectors that have not acknowledged it.
 
 Durability (`buffer.sync`): `normal` (SQLite WAL, synchronous=NORMAL) survives any process
-crash; a power cut or kernel crash can lose the commits since the last WAL checkpoint (at
-most ~4 MB of results, a few thousand) but never corrupts the file. `full` fsyncs every
-commit (one per event-loop turn that produced results): a power cut loses at most the
-results not yet committed, at ~10x the write cost (benchmarks/agent_spool.py).
+crash; a power cut or kernel crash can lose the commits the kernel had not written back
+(typically the last 30 s, at most the WAL's ~4 MB between checkpoints) but never corrupts
+the file. `full` fsyncs every commit (one per event-loop turn that produced results): a
+power cut loses nothing committed, at 2-5x the CPU per result plus the fsync's latency,
+paid in the writer thread (benchmarks/agent_spool.py).
 The choice of SQLite over an append-only segment log is measured there too: the segment log
 writes 5x cheaper per result, but both cost a few microseconds against a probe's hundreds,
 and SQLite gives crash-safe deletion (acks, the byte bound) without code of ours.
