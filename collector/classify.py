@@ -219,6 +219,7 @@ class _Agent:
     """One agent: identity, liveness and the counts the impairment rule needs."""
 
     __slots__ = (
+        "awaiting_ms",
         "connected",
         "counted",
         "first_result_at",
@@ -233,6 +234,7 @@ class _Agent:
         "network",
         "next_check",
         "next_scan",
+        "ok_ms",
         "pairs",
         "region",
         "stale",
@@ -263,6 +265,10 @@ class _Agent:
         self.pairs: dict[str, _Pair] = {}
         self.n_fresh = 0  # pairs with a fresh verdict
         self.n_down = 0  # ... of which down
+        # Alibi (see `_has_alibi`): agent clock (ms) of its latest success on any probe, and
+        # the earliest confirmed failure still waiting for a success after it (0: none).
+        self.ok_ms = 0
+        self.awaiting_ms = 0
 
     def set_flags(self, *, stale: bool | None = None, impaired: bool | None = None) -> None:
         """Change staleness or impairment, keeping `counted` in step."""
@@ -304,9 +310,14 @@ def _vote(regions: Iterable[_RegionState]) -> int:
     """Each region's vote (`raw`, and `weak` when down); returns how many regions vote down.
 
     The voters are the region's fresh, counted agents. Firm votes are the ones the lone-agent
-    rule weighs: not a suspect's, and a down vote confirmed since the agent last counted
-    (streak 0: carried over from impairment). One loop over every region of the probe: this
-    runs on every slow-path result.
+    rule weighs: not a suspect's; a down vote confirmed since the agent last counted (streak
+    0: carried over from impairment); and a down vote with an alibi: the agent has had a
+    success on another probe since that failure was confirmed (stamped at or after it, on
+    the agent's clock), so its own network is not
+    what fails (an agent with no other probe needs none). An agent losing its network fails
+    every probe and has no alibi: its region's down votes wait for another region to agree,
+    and it is found impaired before they open anything. One loop over every region of the
+    probe: this runs on every slow-path result.
     """
     voting_down = 0
     for region in regions:
@@ -318,7 +329,8 @@ def _vote(regions: Iterable[_RegionState]) -> int:
                 if agent.counted:
                     if verdict == _DOWN:
                         down += 1
-                        if pair.streak and not agent.suspect:
+                        if pair.streak and not agent.suspect and (
+                                agent.ok_ms >= pair.confirm_ms or agent.n_fresh < 2):
                             firm_down += 1
                             streak = pair.streak
                     else:
@@ -389,6 +401,7 @@ class _Probe:
     __slots__ = (
         "changes",
         "flapping",
+        "hold_until",
         "kind",
         "last_stable",
         "name",
@@ -410,6 +423,8 @@ class _Probe:
         self.changes: deque[float] = deque()  # times of state changes among up/outage states
         self.last_stable: TargetState | None = None  # last state other than unknown
         self.outage: _ProbeOutage | None = None
+        # While > 0: a regional record waits (until then) for up regions to report (scope).
+        self.hold_until = 0.0
 
     def region(self, name: str) -> _RegionState:
         """The probe's state in region `name`, created on first use."""
@@ -444,6 +459,7 @@ class _Pair(PairSample):
 
     __slots__ = (
         "agent_state",
+        "confirm_ms",
         "fail_phase",
         "fail_reason",
         "first_fail_at",
@@ -472,6 +488,7 @@ class _Pair(PairSample):
         self.first_fail_at = 0.0  # collector clock of the same
         self.fail_phase = 0  # latest failure's phase index and reason
         self.fail_reason = ""
+        self.confirm_ms = 0  # agent clock of the confirmed failure that made the pair down
 
 
 @dataclass(slots=True)
@@ -509,6 +526,7 @@ class Classifier:
         self._degraded: _SideRecord | None = None
         self._suspects: set[str] = set()  # ids of agents with .suspect set
         self._flap_watch: set[str] = set()  # probes with state changes inside the flap window
+        self._held: set[str] = set()  # probes whose new regional record waits (`_hold_scope`)
         self._transitions: list[Transition] = []
         self._restored_at: float | None = None
 
@@ -595,7 +613,8 @@ class Classifier:
         if agent is not None:
             agent.connected = False
 
-    def apply(self, agent_id: str, results: Iterable[ResultLike], now: float) -> int:
+    # One function: the hot loop costs less inline than split into calls per result.
+    def apply(self, agent_id: str, results: Iterable[ResultLike], now: float) -> int:  # noqa: C901
         """Apply a batch of one connected agent's results (already deduplicated).
 
         Returns the number applied. The hot path: most results change nothing but the
@@ -612,6 +631,7 @@ class Classifier:
         pairs = agent.pairs
         up = _UP
         applied = 0
+        now_ms = int(now * 1000)
         for result in results:
             pair = pairs.get(result.probe)
             if pair is None:
@@ -624,7 +644,13 @@ class Classifier:
             applied += 1
             if result.success:
                 pair.success = True
-                if pair.verdict == up and pair.fresh and not pair.region_state.down_memory:
+                stamp = pair.stamp_ms or now_ms
+                if stamp > agent.ok_ms:
+                    agent.ok_ms = stamp
+                    if agent.awaiting_ms and stamp >= agent.awaiting_ms:
+                        self._alibi(agent, now)
+                if (pair.verdict == up and pair.fresh and not pair.region_state.down_memory
+                        and pair.probe_state.hold_until == 0.0):
                     continue  # nothing but the sample changed
                 self._on_success(pair, result, now)
             else:
@@ -651,6 +677,7 @@ class Classifier:
             if (agent.suspect or agent.impaired) and not agent.stale and now >= agent.next_check:
                 agent.next_check = now + agent.interval_s
                 self._check_impairment(agent, now, thorough=True)
+        self._release_holds(now)
         for name in sorted(self._flap_watch):
             self._decay_flapping(self._probes[name], now)
         for region in sorted(self._isolated):
@@ -796,6 +823,11 @@ class Classifier:
             old_verdict = pair.verdict
             counts_changed = self._set_pair(pair, _DOWN, fresh=True)
             pair.streak += 1
+            if pair.streak == 1:
+                pair.confirm_ms = result.timestamp_ms or int(now * 1000)
+                if pair.confirm_ms > agent.ok_ms and (
+                        not agent.awaiting_ms or pair.confirm_ms < agent.awaiting_ms):
+                    agent.awaiting_ms = pair.confirm_ms
             # Streak 1 and 2 change what the vote weighs (firm; the lone-agent rule).
             if not (counts_changed or old_verdict != _DOWN or pair.streak <= 2):
                 return  # a down verdict confirmed again: nothing to re-evaluate
@@ -909,6 +941,26 @@ class Classifier:
                 elif other.at > pair.first_fail_at:
                     return True
         return False
+
+    def _alibi(self, agent: _Agent, now: float) -> None:
+        """A success after confirmed failures: the agent's own network works after all.
+
+        Its down verdicts confirmed before that success become firm (see `_vote`): their
+        probes are evaluated again. The others keep waiting.
+        """
+        ok_ms = agent.ok_ms
+        waiting = 0
+        firm: list[_Probe] = []
+        for pair in agent.pairs.values():
+            if pair.verdict != _DOWN or not pair.fresh or not pair.streak:
+                continue
+            if pair.confirm_ms > ok_ms:
+                waiting = pair.confirm_ms if not waiting else min(waiting, pair.confirm_ms)
+            elif pair.confirm_ms >= agent.awaiting_ms:
+                firm.append(pair.probe_state)
+        agent.awaiting_ms = waiting
+        for probe in firm:
+            self._evaluate(probe, now)
 
     def _set_suspect(self, agent: _Agent, *, suspect: bool, now: float,
                      skip: _Probe | None) -> None:
@@ -1042,9 +1094,11 @@ class Classifier:
         """
         state = probe.state
         outage = probe.outage
+        if probe.hold_until and (state is not TargetState.REGIONAL_OUTAGE or outage is not None):
+            self._end_hold(probe)
         if state in _OUTAGE_STATES:
             if outage is None:
-                if self._degraded is None:
+                if self._degraded is None and not self._hold_scope(probe, now):
                     self._open_probe_outage(probe, now)
             elif changed:
                 self._update_probe_outage(probe, outage, now)
@@ -1054,6 +1108,62 @@ class Classifier:
             self._emit_outage(OutageEvent.RESOLVED, record, now)
             if record.service:
                 self._reconcile_service(record.service, now)
+
+    def _hold_scope(self, probe: _Probe, now: float) -> bool:
+        """Whether a new regional record should wait: the right scope first.
+
+        A global outage reaches the regions one result at a time, so its first verdict is
+        regional. The record waits while a region that is up has not sent a success stamped
+        after the failure began (its next result is due: up, or the outage's reach), for at
+        most `scope_hold_intervals` probe intervals from the first regional verdict. A
+        regional outage is opened as soon as every up region has vouched, usually within the
+        same interval; a global one is opened global.
+        """
+        hold_intervals = self._params.scope_hold_intervals
+        if hold_intervals <= 0 or probe.state is not TargetState.REGIONAL_OUTAGE:
+            return False
+        failing = list(self._failing_pairs(probe))
+        if not failing:
+            return False
+        if not probe.hold_until:
+            interval_ms = max(p.interval_ms or round(p.agent_state.interval_s * 1000)
+                              for p in failing)
+            probe.hold_until = now + hold_intervals * interval_ms / 1000
+            self._held.add(probe.name)
+        if now >= probe.hold_until:
+            self._end_hold(probe)
+            return False
+        onset = min(failing, key=lambda p: (p.first_fail_at, p.first_fail_ms))
+        for region in probe.regions.values():
+            if region.verdict is _V_UP and not self._heard_since(region, onset):
+                return True
+        self._end_hold(probe)
+        return False
+
+    def _release_holds(self, now: float) -> None:
+        """Held regional records whose hold ran out open now (if still regional)."""
+        for name in sorted(self._held):
+            probe = self._probes[name]
+            if now >= probe.hold_until:
+                self._evaluate(probe, now)
+
+    def _end_hold(self, probe: _Probe) -> None:
+        probe.hold_until = 0.0
+        self._held.discard(probe.name)
+
+    @staticmethod
+    def _heard_since(region: _RegionState, onset: _Pair) -> bool:
+        """A counted agent of `region` sent a success stamped after `onset`'s first failure."""
+        for pair in region.pairs:
+            if not (pair.success and pair.fresh and pair.verdict == _UP
+                    and pair.agent_state.counted):
+                continue
+            if onset.first_fail_ms > 0 and pair.stamp_ms > 0:
+                if pair.stamp_ms > onset.first_fail_ms:
+                    return True
+            elif pair.at > onset.first_fail_at:
+                return True
+        return False
 
     def _failing_pairs(self, probe: _Probe) -> Iterator[_Pair]:
         """Counted agents in a failing streak, in the probe's down regions."""

@@ -96,8 +96,12 @@ async def test_global_outage_from_every_region(collector):
         assert metric_value(text, "probenet_region_up", probe="api", region="eu") == 1
         assert metric_value(text, "probe_success", probe="web", agent="fra-1",
                             region="eu") == 0
-        # Results arrive one agent at a time: the record opens regional, then turns global.
-        assert metric_value(text, "probenet_outages_opened_total", kind="probe") == 1
+        # Results arrive one agent at a time, yet the record opens global: the first regional
+        # verdict waits for the regions whose next result is due (the scope hold).
+        assert metric_value(text, "probenet_outages_opened_total", kind="probe",
+                            scope="global") == 1
+        assert metric_value(text, "probenet_outages_opened_total", kind="probe",
+                            scope="regional") == 0
         assert metric_value(text, "probenet_outage_detection_seconds_count") == 1
         assert metric_value(text, "probenet_probe_failures_total", probe="web", region="eu",
                             phase="connect", reason="connect_refused") == 2

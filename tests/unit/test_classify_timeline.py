@@ -1,0 +1,97 @@
+"""Detection quality on a timeline (issue 12): a region losing its network opens no outage,
+a global outage is opened as global, a regional one is still found within two intervals."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from probenet.collector.model import ClassificationParams, OutageKind, Scope
+from support.classifier_timeline import Timeline
+
+REGIONS = {"r1": 2, "r2": 2, "r3": 2, "r4": 1}
+
+
+def region_down(region: str, since: float):
+    def fault(agent: str, _probe: str, at: float) -> bool:
+        return at >= since and agent.startswith(region + "-")
+    return fault
+
+
+def probe_down(probe: str, since: float, regions: tuple[str, ...] = ()):
+    def fault(agent: str, name: str, at: float) -> bool:
+        return (at >= since and name == probe
+                and (not regions or agent.split("-")[0] in regions))
+    return fault
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), onset=st.floats(0.0, 1.0),
+       region=st.sampled_from(["r1", "r2", "r3"]))
+def test_a_region_losing_its_network_opens_no_outage_and_is_isolated(seed, onset, region):
+    line = Timeline(REGIONS, seed=seed)
+    line.run(5)
+    since = line.now + onset
+    line.run(10, region_down(region, since))
+    assert line.records(kinds=(OutageKind.PROBE, OutageKind.SERVICE)) == []
+    [isolated] = line.records(kinds=(OutageKind.REGION_ISOLATED,))
+    assert isolated.region == region
+    assert line.clf.isolated_regions() == {region}
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), onset=st.floats(0.0, 1.0))
+def test_a_global_outage_is_opened_as_global(seed, onset):
+    line = Timeline(REGIONS, seed=seed)
+    line.run(5)
+    since = line.now + onset
+    line.run(6, probe_down("web", since))
+    [(opened_at, record)] = line.opened_at()
+    assert (record.probe, record.scope) == ("web", Scope.GLOBAL)
+    assert opened_at - since <= 2.5 * line.interval_s
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), onset=st.floats(0.0, 1.0),
+       regions=st.sampled_from([("r1",), ("r2",), ("r1", "r3")]))
+def test_a_regional_outage_of_one_probe_is_found_within_two_intervals(seed, onset, regions):
+    line = Timeline(REGIONS, seed=seed)
+    line.run(5)
+    since = line.now + onset
+    line.run(6, probe_down("api", since, regions))
+    [(opened_at, record)] = line.opened_at()
+    assert (record.probe, record.scope) == ("api", Scope.REGIONAL)
+    assert set(record.regions) == set(regions)
+    assert opened_at - since <= 2.0 * line.interval_s
+    assert line.records(kinds=(OutageKind.REGION_ISOLATED,)) == []
+
+
+def test_the_scope_hold_is_bounded_when_an_up_region_goes_quiet():
+    line = Timeline({"r1": 2, "r2": 2, "r3": 2}, seed=3)
+    line.run(5)
+    since = line.now + 0.5
+    # r3 falls silent at the onset (its results stop); r1 loses the probe.
+    quiet = {"r3-1", "r3-2"}
+    original = line._run_pair  # noqa: SLF001 - the test drops r3's deliveries
+
+    def run_pair(agent, probe, at, fault):
+        delivered, results = original(agent, probe, at, fault)
+        return (delivered + 1_000 if agent in quiet and at >= since else delivered), results
+
+    line._run_pair = run_pair  # type: ignore[method-assign]  # noqa: SLF001
+    line.run(6, probe_down("web", since, ("r1",)))
+    [(opened_at, record)] = line.opened_at()
+    assert record.scope is Scope.REGIONAL
+    assert opened_at - since <= 2.5 * line.interval_s
+
+
+def test_without_a_hold_a_global_outage_is_often_opened_as_regional_first():
+    # The measurement behind the hold: the same traces, hold off, first scopes.
+    first_scopes = []
+    for seed in range(20):
+        line = Timeline(REGIONS, seed=seed,
+                        params=ClassificationParams(scope_hold_intervals=0.0))
+        line.run(5)
+        line.run(6, probe_down("web", line.now + 0.3))
+        first_scopes.append(line.opened_at()[0][1].scope)
+    assert first_scopes.count(Scope.REGIONAL) >= 10
