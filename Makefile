@@ -1,6 +1,6 @@
 # The two set-up commands of the README: `make demo` and `make test`. Each creates .venv and
 # installs what it needs by itself.
-.PHONY: demo test venv proto lint bench clean
+.PHONY: demo test venv proto lint bench soak clean
 
 demo: venv
 	.venv/bin/probenet demo $(ARGS)
@@ -23,6 +23,11 @@ bench: venv
 	.venv/bin/python benchmarks/agent_probes.py
 	.venv/bin/python benchmarks/scrape.py
 	.venv/bin/python benchmarks/fleet.py
+
+# A soak run (benchmarks/README.md): a real fleet with churn; not part of `make bench`.
+MINUTES ?= 30
+soak: venv
+	.venv/bin/python benchmarks/soak.py --minutes $(MINUTES) $(ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache *.egg-info
