@@ -174,3 +174,14 @@ async def test_acks_alone_are_committed_on_the_periodic_tick(tmp_path):
     finally:
         ticker.cancel()
     durable.close()
+
+
+def test_the_write_ahead_log_stays_small(tmp_path):
+    file = state(tmp_path, max_bytes=64 << 20, max_results=100_000)
+    file.open(new_epoch=1)
+    for start in range(1, 20_001, 100):  # ~4 MB of results, acknowledged as they go
+        file.commit([row(seq, size=200) for seq in range(start, start + 100)], start + 99,
+                    {"a:1": start + 99})
+    wal = file.path.with_name(file.path.name + "-wal")
+    assert wal.stat().st_size <= 2 << 20
+    file.close()
