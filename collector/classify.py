@@ -410,6 +410,7 @@ class _Probe:
         "service",
         "state",
         "target",
+        "up_since",
     )
 
     def __init__(self, name: str) -> None:
@@ -425,6 +426,7 @@ class _Probe:
         self.outage: _ProbeOutage | None = None
         # While > 0: a regional record waits (until then) for up regions to report (scope).
         self.hold_until = 0.0
+        self.up_since = 0.0  # when the probe last turned up (a flapping record ends there)
 
     def region(self, name: str) -> _RegionState:
         """The probe's state in region `name`, created on first use."""
@@ -1051,6 +1053,8 @@ class Classifier:
         if state is not probe.state:
             probe.state = state
             changed = True
+            if state is TargetState.UP:
+                probe.up_since = now
             self._note_state_change(probe, state, now)
         if changed:
             self._transitions.append(TargetChange(probe.view(), now))
@@ -1080,7 +1084,7 @@ class Classifier:
         if probe.flapping and len(changes) <= params.flap_max_changes // 2:
             probe.flapping = False
             self._transitions.append(TargetChange(probe.view(), now))
-            self._reconcile_outage(probe, now, changed=False)
+            self._reconcile_outage(probe, now, changed=True)
         if not changes and not probe.flapping:
             self._flap_watch.discard(probe.name)
 
@@ -1104,10 +1108,15 @@ class Classifier:
                 self._update_probe_outage(probe, outage, now)
         elif state is TargetState.UP and outage is not None and not probe.flapping:
             probe.outage = None
-            record = outage.record.ended(now)
+            # A record held open by flapping ends when the probe last turned up (the uptime
+            # it reports must not count the quiet minutes the flapping took to die down).
+            ended = probe.up_since if outage.record.flapping and probe.up_since else now
+            record = outage.record.with_flapping(False).ended(ended)
             self._emit_outage(OutageEvent.RESOLVED, record, now)
             if record.service:
                 self._reconcile_service(record.service, now)
+        elif outage is not None and changed:
+            self._update_probe_outage(probe, outage, now)
 
     def _hold_scope(self, probe: _Probe, now: float) -> bool:
         """Whether a new regional record should wait: the right scope first.
@@ -1203,12 +1212,22 @@ class Classifier:
             self._reconcile_service(probe.service, now)
 
     def _update_probe_outage(self, probe: _Probe, outage: _ProbeOutage, now: float) -> None:
-        if probe.state not in _OUTAGE_STATES:
-            return  # up (held open while flapping) or unknown: keep what it last showed
+        """The open record follows the probe: scope, regions down now, failure, flapping.
+
+        Up (the record held open while the probe flaps): no region is down now. Unknown: no
+        evidence either way, the record keeps what it last showed.
+        """
         old = outage.record
-        scope = probe.outage_scope()
-        record = (old.with_scope(scope).with_regions(probe.down_regions())
-                  .with_failure(*outage.top))
+        scope = old.scope
+        if probe.state in _OUTAGE_STATES:
+            scope = probe.outage_scope()
+            record = (old.with_scope(scope).with_regions(probe.down_regions())
+                      .with_failure(*outage.top))
+        elif probe.state is TargetState.UP:
+            record = old.with_regions(())
+        else:
+            record = old
+        record = record.with_flapping(probe.flapping)
         if record == old:
             return
         outage.record = record

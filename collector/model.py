@@ -127,6 +127,9 @@ class OutageRecord:
     started_at: float
     detected_at: float
     ended_at: float | None = None
+    # A probe record of a probe changing state too often: held open while it flaps (its
+    # `regions` still only the regions down now), closed once it stops and stays up.
+    flapping: bool = False
 
     # -- builders: each keeps the invariants peak_scope >= scope, regions_ever >= regions
     # (as sets), started_at <= detected_at <= ended_at, and sorted region and probe names.
@@ -210,6 +213,10 @@ class OutageRecord:
         """The record showing `phase` and `reason` as the failure seen most."""
         return replace(self, phase=phase, reason=reason)
 
+    def with_flapping(self, flapping: bool) -> OutageRecord:
+        """The record marked as flapping (or not)."""
+        return self if flapping == self.flapping else replace(self, flapping=flapping)
+
     def ended(self, at: float) -> OutageRecord:
         """The record resolved at `at`, never before it was detected (whatever the clock did)."""
         return replace(self, ended_at=max(at, self.detected_at))
@@ -237,6 +244,7 @@ class OutageRecord:
             "started_at": rfc3339(self.started_at),
             "detected_at": rfc3339(self.detected_at),
             "ended_at": rfc3339(self.ended_at),
+            "flapping": self.flapping,
         }
 
     @classmethod
@@ -262,6 +270,7 @@ class OutageRecord:
             started_at=started,
             detected_at=detected,
             ended_at=parse_rfc3339(data.get("ended_at")),
+            flapping=bool(data.get("flapping", False)),
         )
 
 

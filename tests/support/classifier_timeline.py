@@ -57,6 +57,7 @@ class Timeline:
         self.delay = {agent: rng.random() * self.max_delivery_s for agent in self.region_of}
         self.transitions: list[Transition] = []
         self._next_run = {pair: self.now + offset for pair, offset in self.phase.items()}
+        self._late: list[tuple[float, int, str, list[Result]]] = []
         for agent, region in self.region_of.items():
             self.clf.agent_connected(agent, region, {"network": f"net-{agent}"},
                                      self.interval_s, self.now)
@@ -65,15 +66,16 @@ class Timeline:
     def run(self, seconds: float, fault: Fault = no_fault) -> None:
         """Let `seconds` pass with `fault` in force: runs, deliveries and ticks in order."""
         end = self.now + seconds
-        events: list[tuple[float, int, str, list[Result]]] = []
-        order = 0
-        for (agent, probe), at in self._next_run.items():
-            while at < end:
-                delivered_at, results = self._run_pair(agent, probe, at, fault)
+        events = self._late
+        order = len(events) and max(e[1] for e in events) + 1
+        for (agent, probe), first_run in self._next_run.items():
+            run_at = first_run
+            while run_at < end:
+                delivered_at, results = self._run_pair(agent, probe, run_at, fault)
                 heapq.heappush(events, (delivered_at, order, agent, results))
                 order += 1
-                at += self.interval_s
-            self._next_run[agent, probe] = at
+                run_at += self.interval_s
+            self._next_run[agent, probe] = run_at
         next_tick = int(self.now) + 1.0
         while events and events[0][0] < end:
             delivered_at, _, agent, results = heapq.heappop(events)

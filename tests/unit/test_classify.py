@@ -515,6 +515,32 @@ def test_flapping_is_reported_once_and_holds_one_record() -> None:
     assert fleet.events(OutageEvent.RESOLVED)[-1].record.id == opened[-1].record.id
 
 
+def test_a_flapping_record_tells_the_truth_while_held_open() -> None:
+    params = ClassificationParams(flap_window_s=600.0)
+    fleet = Fleet({"eu": 2, "us": 2, "ap": 2}, params=params)
+    fleet.rounds(2)
+    web_eu = Down(WEB, regions=("eu",))
+    for _ in range(6):
+        fleet.rounds(1, web_eu)
+        fleet.rounds(2)
+    (held,) = fleet.open()
+    # Up everywhere now: held open because it flaps, and it says so; nothing is down now.
+    assert (held.flapping, held.regions, held.regions_ever) == (True, (), ("eu",))
+    fleet.rounds(1, web_eu)  # down again while flapping: the record names the region again
+    (again,) = fleet.open()
+    assert (again.id, again.flapping, again.regions) == (held.id, True, ("eu",))
+    fleet.rounds(2)
+    last_up = max(c.at for c in fleet.target_changes("web")
+                  if c.view.state is TargetState.UP)
+    fleet.rounds(int(600 / fleet.interval_s) + 2)
+    resolved = fleet.events(OutageEvent.RESOLVED)[-1]
+    assert resolved.record.id == held.id
+    # It ends when the probe last turned up, not when the flapping died down.
+    assert resolved.record.ended_at == last_up
+    assert resolved.at - last_up > 500
+    assert not resolved.record.flapping
+
+
 # -- scope changes inside one record ----------------------------------------------------------
 
 

@@ -81,7 +81,13 @@ class Ledger:
             self.open[record.id] = record
         elif transition.event is OutageEvent.RESOLVED:
             assert record.id in self.open, "only an open record resolves"
-            assert record.ended_at == transition.at
+            if self.open[record.id].flapping:
+                # Held open by flapping: it ends when the probe last turned up.
+                assert record.ended_at is not None
+                assert record.ended_at <= transition.at
+                assert not record.flapping
+            else:
+                assert record.ended_at == transition.at
             del self.open[record.id]
         else:
             assert record.id in self.open, "only an open record changes"
