@@ -291,6 +291,41 @@ def test_lone_impaired_agent_leaves_its_region_unknown(quiet, latency):
     assert record_ids(fleet) == before
 
 
+def test_a_region_losing_its_network_is_isolated_and_opens_no_outage(quiet, latency):
+    """Both ap-south agents (distinct networks) lose every target at once (issue 12)."""
+    fleet = quiet
+    before = record_ids(fleet)
+    injected = time.time()
+    fleet.faults.fail(EVERY_PROBE, FaultMode.RESET, regions=["ap-south"])
+
+    def isolation():
+        return next((o for o in fleet.outages(active=True)
+                     if o.kind == "region_isolated" and o.region == "ap-south"), None)
+    leaked: list[str] = []
+
+    def isolated_and_nothing_leaked():
+        leaked.extend(f"{o.kind} {o.probe or o.service} {o.regions_ever}"
+                      for o in fleet.outages() if o.id not in before
+                      and o.kind in ("probe", "service"))
+        return isolation() is not None or bool(leaked)
+    wait_until(isolated_and_nothing_leaked, IMPAIRED_BOUND_S, "ap-south isolated", poll_s=0.02)
+    assert leaked == [], "a region's network loss opened outage records"
+    seconds = time.time() - injected
+    latency.add(Latency("region loses its network (2 agents)", "impaired", seconds, seconds,
+                        INTERVAL_S))
+    isolated = isolation()
+    assert isolated is not None
+    hold_until = time.time() + 3 * INTERVAL_S
+    while time.time() < hold_until:
+        assert all(t.state == "up" for t in fleet.targets_view().values())
+        time.sleep(0.2)
+
+    fleet.faults.clear(EVERY_PROBE)
+    wait_until(lambda: isolation() is None, IMPAIRED_BOUND_S, "ap-south no longer isolated")
+    new = [o for o in fleet.outages() if o.id not in before]
+    assert [(o.kind, o.region) for o in new] == [("region_isolated", "ap-south")]
+
+
 def test_killed_agent_goes_stale_without_an_outage(quiet):
     fleet = quiet
     before = record_ids(fleet)
