@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from .model import (
     PHASE_NAMES,
+    AgentHealth,
+    AgentHealthChange,
     AgentView,
     ClassificationParams,
     OutageEvent,
@@ -269,6 +271,15 @@ class _Agent:
         # the earliest confirmed failure still waiting for a success after it (0: none).
         self.ok_ms = 0
         self.awaiting_ms = 0
+
+    @property
+    def health(self) -> AgentHealth:
+        """Stale, impaired, suspect or ok (in that order)."""
+        if self.stale:
+            return AgentHealth.STALE
+        if self.impaired:
+            return AgentHealth.IMPAIRED
+        return AgentHealth.SUSPECT if self.suspect else AgentHealth.OK
 
     def set_flags(self, *, stale: bool | None = None, impaired: bool | None = None) -> None:
         """Change staleness or impairment, keeping `counted` in step."""
@@ -530,6 +541,7 @@ class Classifier:
         self._flap_watch: set[str] = set()  # probes with state changes inside the flap window
         self._held: set[str] = set()  # probes whose new regional record waits (`_hold_scope`)
         self._transitions: list[Transition] = []
+        self._health_changes: list[AgentHealthChange] = []
         self._restored_at: float | None = None
 
     # -- input ---------------------------------------------------------------------------
@@ -690,6 +702,12 @@ class Classifier:
         """Everything that changed since the last call, in order; clears the list."""
         taken = self._transitions
         self._transitions = []
+        return taken
+
+    def take_health_changes(self) -> list[AgentHealthChange]:
+        """Agents' health changes since the last call, in order (for the log); clears them."""
+        taken = self._health_changes
+        self._health_changes = []
         return taken
 
     # -- read side (API, metrics, demo) ---------------------------------------------------
@@ -964,13 +982,23 @@ class Classifier:
         for probe in firm:
             self._evaluate(probe, now)
 
+    def _note_health(self, agent: _Agent, previous: AgentHealth, now: float) -> None:
+        health = agent.health
+        if health is not previous:
+            self._health_changes.append(AgentHealthChange(
+                agent.id, agent.region, health, previous, down=agent.n_down,
+                fresh=agent.n_fresh, seen_up=self._seen_up(agent, after_failure=False),
+                at=now))
+
     def _set_suspect(self, agent: _Agent, *, suspect: bool, now: float,
                      skip: _Probe | None) -> None:
+        previous = agent.health
         agent.suspect = suspect
         if suspect:
             self._suspects.add(agent.id)
         else:
             self._suspects.discard(agent.id)
+        self._note_health(agent, previous, now)
         for pair in list(agent.pairs.values()):
             if pair.probe_state is not skip and pair.fresh and pair.verdict == _DOWN:
                 self._evaluate(pair.probe_state, now)
@@ -983,19 +1011,24 @@ class Classifier:
             for pair in agent.pairs.values():
                 if pair.verdict == _DOWN:
                     pair.streak = 0
+        previous = agent.health
         agent.set_flags(impaired=impaired)
         agent.suspect = False
         self._suspects.discard(agent.id)
+        self._note_health(agent, previous, now)
         self._agent_changed(agent, now, skip=skip)
 
     def _mark_stale(self, agent: _Agent, now: float) -> None:
+        previous = agent.health
         agent.set_flags(stale=True)
         agent.suspect = False
         self._suspects.discard(agent.id)
+        self._note_health(agent, previous, now)
         self._agent_changed(agent, now)
 
     def _revive(self, agent: _Agent, now: float) -> None:
         """Results from a stale agent: it counts again (with its still-fresh verdicts)."""
+        previous = agent.health
         agent.set_flags(stale=False)
         agent.next_scan = now + agent.interval_s
         stale_after = self._params.stale_after_intervals
@@ -1004,6 +1037,7 @@ class Classifier:
             if pair.fresh and now - pair.at >= stale_after * interval_s:
                 self._set_pair(pair, pair.verdict, fresh=False)
         was_impaired = agent.impaired
+        self._note_health(agent, previous, now)
         self._check_impairment(agent, now)  # on a flip, this re-evaluates everything itself
         if not was_impaired and not agent.impaired:
             self._agent_changed(agent, now)

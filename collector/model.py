@@ -345,6 +345,33 @@ Transition = OutageTransition | TargetChange
 """What the classifier emits, in order; the collector journals then publishes each."""
 
 
+class AgentHealth(StrEnum):
+    """An agent's health as the classifier sees it (logged at each change)."""
+
+    OK = "ok"  # counted
+    SUSPECT = "suspect"  # down on enough probes, not yet seen up elsewhere
+    IMPAIRED = "impaired"  # its own network is broken: left out
+    STALE = "stale"  # silent for stale_after_intervals: left out
+
+
+@dataclass(frozen=True, slots=True)
+class AgentHealthChange:
+    """An agent's health changed, with the evidence (for the log; not journaled).
+
+    `down` and `fresh` count the agent's fresh verdicts, of which down; `seen_up` how many
+    of its down probes another region sees up (impairment's evidence, up to its threshold).
+    """
+
+    agent: str
+    region: str
+    health: AgentHealth
+    previous: AgentHealth
+    down: int
+    fresh: int
+    seen_up: int
+    at: float
+
+
 @dataclass(frozen=True, slots=True)
 class JournaledTransition:
     """A transition after the journal committed it.

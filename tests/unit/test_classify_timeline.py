@@ -95,3 +95,24 @@ def test_without_a_hold_a_global_outage_is_often_opened_as_regional_first():
         line.run(6, probe_down("web", line.now + 0.3))
         first_scopes.append(line.opened_at()[0][1].scope)
     assert first_scopes.count(Scope.REGIONAL) >= 10
+
+
+def test_agent_health_changes_carry_their_evidence():
+    line = Timeline(REGIONS, seed=5)
+    line.run(5)
+    assert line.clf.take_health_changes() == []
+    since = line.now + 0.2
+    line.run(6, region_down("r1", since))
+    taken = line.clf.take_health_changes()
+    assert line.clf.take_health_changes() == []  # taken once
+    [impaired] = [c for c in taken if c.agent == "r1-1" and c.health.value == "impaired"]
+    assert impaired.previous.value in {"ok", "suspect"}
+    assert impaired.region == "r1"
+    # The evidence: down on most of its probes, and others see at least 3 of them up.
+    assert impaired.down >= len(line.probes) / 2
+    assert impaired.seen_up >= 3
+    line.run(6)  # the network is back
+    back = [c for c in line.clf.take_health_changes() if c.agent == "r1-1"]
+    assert [(c.previous.value, c.health.value) for c in back][-1] == ("impaired", "ok")
+    assert back[-1].fresh == len(line.probes)
+    assert back[-1].down < len(line.probes) / 2
