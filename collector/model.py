@@ -103,6 +103,9 @@ class ClassificationParams:
     service_min_probes: int = 2
     # More than this share of all agents stale or impaired: monitoring_degraded.
     degraded_ratio: float = 0.5
+    # Confirmed failures in a row a region's down vote needs when no other region sees the
+    # probe down (a lone agent: at least 2). 1: a majority of confirmed failures suffices.
+    regional_confirmations: int = 2
     # A new regional record waits at most this many probe intervals for the up regions to
     # report since the failure began (a global outage is then opened as global); 0: never.
     scope_hold_intervals: float = 1.0

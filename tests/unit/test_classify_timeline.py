@@ -54,7 +54,7 @@ def test_a_global_outage_is_opened_as_global(seed, onset):
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), onset=st.floats(0.0, 1.0),
        regions=st.sampled_from([("r1",), ("r2",), ("r1", "r3")]))
-def test_a_regional_outage_of_one_probe_is_found_within_two_intervals(seed, onset, regions):
+def test_a_regional_outage_of_one_probe_is_found_within_two_and_a_half_intervals(seed, onset, regions):
     line = Timeline(REGIONS, seed=seed)
     line.run(5)
     since = line.now + onset
@@ -62,7 +62,8 @@ def test_a_regional_outage_of_one_probe_is_found_within_two_intervals(seed, onse
     [(opened_at, record)] = line.opened_at()
     assert (record.probe, record.scope) == ("api", Scope.REGIONAL)
     assert set(record.regions) == set(regions)
-    assert opened_at - since <= 2.0 * line.interval_s
+    # A region alone needs 2 confirmed failures in a row: the second run, plus its re-probe.
+    assert opened_at - since <= 2.5 * line.interval_s
     assert line.records(kinds=(OutageKind.REGION_ISOLATED,)) == []
 
 
@@ -82,7 +83,8 @@ def test_the_scope_hold_is_bounded_when_an_up_region_goes_quiet():
     line.run(6, probe_down("web", since, ("r1",)))
     [(opened_at, record)] = line.opened_at()
     assert record.scope is Scope.REGIONAL
-    assert opened_at - since <= 2.5 * line.interval_s
+    # The region's second confirmed failure, then at most one interval of hold.
+    assert opened_at - since <= 3.5 * line.interval_s
 
 
 def test_without_a_hold_a_global_outage_is_often_opened_as_regional_first():

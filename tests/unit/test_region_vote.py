@@ -72,24 +72,26 @@ def test_a_tie_is_up_and_one_more_down_vote_is_down(n: int) -> None:
     assert region_vote(n, n + 1) is DOWN
 
 
-@pytest.mark.parametrize(("up", "down", "streak", "stands"), [
-    (0, 1, 1, False),  # a lone agent's single confirmed failure needs another region
-    (0, 1, 2, True),   # ... or a second confirmed failure in a row
-    (0, 1, 5, True),
-    (0, 2, 1, True),   # two agents down: a majority of more than one agent
-    (1, 2, 1, True),
-    (1, 1, 2, False),  # a tie is up, whatever the streak
-    (2, 1, 3, False),  # a minority never stands
+# `strong`: firm down votes with regional_confirmations (2) confirmed failures in a row.
+@pytest.mark.parametrize(("up", "down", "strong", "stands"), [
+    (0, 1, 0, False),  # a lone agent's single confirmed failure needs another region
+    (0, 1, 1, True),   # ... or a second confirmed failure in a row
+    (0, 2, 0, False),  # two agents' first confirmed failures: random loss, p^4 of the time
+    (0, 2, 1, False),  # one agent's second failure does not carry the other's first
+    (0, 2, 2, True),   # both confirmed twice: the region fails
+    (1, 2, 2, True),   # a strict majority of the firm votes are strong downs
+    (1, 2, 1, False),
+    (1, 1, 1, False),  # a tie is up, whatever the streaks
+    (2, 1, 1, False),  # a minority never stands
     (0, 0, 0, False),  # no firm vote at all (only suspects, or carried-over downs)
-    (0, 0, 2, False),
     (3, 0, 0, False),
 ])
-def test_down_stands_alone_table(up: int, down: int, streak: int, stands: bool) -> None:
-    assert down_stands_alone(up, down, streak) is stands
+def test_down_stands_alone_table(up: int, down: int, strong: int, stands: bool) -> None:
+    assert down_stands_alone(up, down, strong) is stands
 
 
 def test_down_stands_alone_exhaustively() -> None:
-    for up, down, streak in itertools.product(range(MAX_AGENTS), range(MAX_AGENTS), range(4)):
-        lone_first_failure = up + down == 1 and streak < 2
-        expected = region_vote(up, down) is DOWN and not lone_first_failure
-        assert down_stands_alone(up, down, streak) is expected, (up, down, streak)
+    for up, down in itertools.product(range(MAX_AGENTS), range(MAX_AGENTS)):
+        for strong in range(down + 1):
+            expected = region_vote(up, down) is DOWN and strong > (up + down) / 2
+            assert down_stands_alone(up, down, strong) is expected, (up, down, strong)
