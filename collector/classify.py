@@ -328,40 +328,60 @@ def _vote(regions: Iterable[_RegionState], confirmations: int) -> int:
     rule weighs: not a suspect's; a down vote confirmed since the agent last counted (streak
     0: carried over from impairment); and a down vote with an alibi: the agent has had a
     success on another probe since that failure was confirmed (stamped at or after it, on
-    the agent's clock), so its own network is not
-    what fails (an agent with no other probe needs none). An agent losing its network fails
-    every probe and has no alibi: its region's down votes wait for another region to agree,
-    and it is found impaired before they open anything. One loop over every region of the
-    probe: this runs on every slow-path result.
+    the agent's clock), so its own network is not what fails (an agent with no other probe
+    needs none). An agent losing its network fails every probe and has no alibi: its
+    region's down votes wait for another region to agree, and it is found impaired before
+    they open anything. One loop over every region of the probe: this runs on every
+    slow-path result.
     """
     voting_down = 0
     for region in regions:
-        up = down = firm_up = firm_down = strong = strong_alone = 0
+        up = down = firm_up = 0
+        firm_downs: list[_Pair] = []
         for pair in region.pairs:
             verdict = pair.verdict
-            if verdict and pair.fresh:
-                agent = pair.agent_state
-                if agent.counted:
-                    if verdict == _DOWN:
-                        down += 1
-                        if pair.streak and not agent.suspect and (
-                                agent.ok_ms >= pair.confirm_ms or agent.n_fresh < 2):
-                            firm_down += 1
-                            if pair.streak >= confirmations:
-                                strong += 1
-                            if pair.streak >= 2:  # what a lone voter needs
-                                strong_alone += 1
-                    else:
-                        up += 1
-                        if not agent.suspect:
-                            firm_up += 1
+            if not (verdict and pair.fresh):
+                continue
+            agent = pair.agent_state
+            if not agent.counted:
+                continue
+            if verdict == _DOWN:
+                down += 1
+                if pair.streak and not agent.suspect and (
+                        agent.ok_ms >= pair.confirm_ms or agent.n_fresh < 2):
+                    firm_downs.append(pair)
+            else:
+                up += 1
+                if not agent.suspect:
+                    firm_up += 1
         raw = region.raw = region_vote(up, down)
         if raw is _V_DOWN:
             voting_down += 1
-            if firm_up + firm_down == 1:
-                strong = min(strong, strong_alone)
-            region.weak = not down_stands_alone(firm_up, firm_down, strong)
+            strong = _strong_downs(firm_downs, lone=firm_up + len(firm_downs) == 1,
+                                   confirmations=confirmations)
+            region.weak = not down_stands_alone(firm_up, len(firm_downs), strong)
     return voting_down
+
+
+def _strong_downs(firm_downs: list[_Pair], *, lone: bool, confirmations: int) -> int:
+    """How many firm down votes are strong (`down_stands_alone`).
+
+    Strong: `confirmations` confirmed failures in a row (a lone voter: at least 2). Votes
+    whose failures began together with a strong one (within an interval) are strong with it:
+    they fail with it, and the region does not wait for their second confirmation. A random
+    loss at one agent during another agent's long failure began later: it does not join.
+    """
+    need = max(confirmations, 2) if lone else confirmations
+    strong = [pair for pair in firm_downs if pair.streak >= need]
+    if not strong or lone:
+        return len(strong)
+    since = min(pair.first_fail_at for pair in strong)
+    return len(strong) + sum(1 for pair in firm_downs if pair.streak < need
+                             and abs(pair.first_fail_at - since) <= _interval_s(pair))
+
+
+def _interval_s(pair: _Pair) -> float:
+    return pair.interval_ms / 1000 if pair.interval_ms > 0 else pair.agent_state.interval_s
 
 
 def _settle(regions: Iterable[_RegionState], *, corroborated: bool,
@@ -1195,7 +1215,8 @@ class Classifier:
         if now >= probe.hold_until:
             self._end_hold(probe)
             return False
-        onset = min(failing, key=lambda p: (p.first_fail_at, p.first_fail_ms))
+        # The latest streak start: a random loss just before the onset must not date it.
+        onset = max(failing, key=lambda p: (p.first_fail_at, p.first_fail_ms))
         for region in probe.regions.values():
             if region.verdict is _V_UP and not self._heard_since(region, onset):
                 return True

@@ -54,7 +54,8 @@ def test_a_global_outage_is_opened_as_global(seed, onset):
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), onset=st.floats(0.0, 1.0),
        regions=st.sampled_from([("r1",), ("r2",), ("r1", "r3")]))
-def test_a_regional_outage_of_one_probe_is_found_within_two_and_a_half_intervals(seed, onset, regions):
+def test_a_regional_outage_of_one_probe_is_found_within_two_and_a_half_intervals(
+        seed, onset, regions):
     line = Timeline(REGIONS, seed=seed)
     line.run(5)
     since = line.now + onset
