@@ -5,7 +5,7 @@
     insecure: false                                 # allow plaintext on non-loopback
     agents: [{id, region, token_file, labels}]      # the registry; absent = accept any agent
     classification: {global_ratio, min_regions, ...}
-    journal: {path: probenet.db}
+    journal: {path: probenet.db, commit_interval: 20ms}
     mqtt: {url, topic_prefix, qos, ...}             # optional
     limits: {max_message_bytes, max_batch_results, hello_timeout, max_agents,
              max_unregistered_agents, max_probes_per_agent, max_target_length,
@@ -106,6 +106,8 @@ class ClassificationConfig(FrozenModel):
     flap_window: Duration = 1800.0
     service_min_probes: int = Field(2, ge=1)
     degraded_ratio: float = Field(0.5, gt=0.0, lt=1.0)
+    scope_hold_intervals: float = Field(1.0, ge=0.0, le=10.0)
+    regional_confirmations: int = Field(2, ge=1, le=10)
 
     @field_validator("flap_window")
     @classmethod
@@ -127,7 +129,14 @@ class ClassificationConfig(FrozenModel):
             flap_window_s=self.flap_window,
             service_min_probes=self.service_min_probes,
             degraded_ratio=self.degraded_ratio,
+            scope_hold_intervals=self.scope_hold_intervals,
+            regional_confirmations=self.regional_confirmations,
         )
+
+
+# The longest `journal.commit_interval`: an ack waits for it, and agents end a stream that
+# hears no ack for their `ack_timeout` (30 s by default).
+MAX_COMMIT_INTERVAL_S = 5.0
 
 
 class JournalConfig(FrozenModel):
@@ -135,6 +144,17 @@ class JournalConfig(FrozenModel):
 
     # Validated even when defaulted, so the default lands next to the config file.
     path: ConfigPath = Field("probenet.db", validate_default=True)
+    # Group commit (collector/ingest.py): an Ack goes out only once the watermark it reports
+    # is committed; the watermarks of every agent are committed together, in one
+    # transaction, at most this often while acks wait (0: as soon as one waits).
+    commit_interval: Duration = 0.02
+
+    @field_validator("commit_interval")
+    @classmethod
+    def _commit_interval(cls, value: float) -> float:
+        if not 0 <= value <= MAX_COMMIT_INTERVAL_S:
+            raise ValueError(f"must be between 0s and {MAX_COMMIT_INTERVAL_S:g}s")
+        return value
 
 
 class MqttTlsConfig(FrozenModel):

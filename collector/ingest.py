@@ -10,6 +10,18 @@ parsed a second time, cheaply, as `probenet.v1.ingest_wire.WireAgentMessage`, fo
 bytes of each accepted result, which go to the per-kind details store once the batch is
 applied).
 
+Acks follow durable application (group commit): an Ack, and the `acked_seq` of a Welcome,
+reports a watermark only once the journal has committed it. A batch that caused transitions
+commits its watermark with them; otherwise its Ack waits for the next group commit, which
+writes the changed watermarks of every agent in one SQLite transaction at most every
+`journal.commit_interval` (20 ms by default): run by the first batch that finds one due
+(its own Ack then waits for nothing), or by collector/server.py's commit loop for acks that
+no later batch comes to release. Meanwhile the stream goes on reading and applying the
+agent's next batches (its acks are written in order by a task of their own, `_AckWriter`),
+so a commit costs each stream latency, not throughput. After a crash, `kill -9` included,
+the journal's watermark of every agent is therefore at least the last seq acknowledged to
+it (collector/journal.py).
+
 Rejections are counted by reason (`probenet_ingest_rejections_total{reason}`) and logged
 once per (agent, reason). Reasons:
 
@@ -94,12 +106,14 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from prometheus_client import Histogram
 
 from probenet.kinds import PROBE_KINDS
 from probenet.names import is_name, label_problem, name_problem
@@ -108,11 +122,13 @@ from probenet.v1 import probenet_pb2 as pb
 from probenet.version import __version__
 
 from .config import AgentEntry, CollectorConfig, LimitsConfig, read_secret
-from .errors import StreamRejectedError
+from .errors import JournalError, StreamRejectedError
 from .model import PHASE_NAMES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping
+
+    from prometheus_client import CollectorRegistry
 
     from .classify import Classifier
     from .details import LatestDetails
@@ -131,6 +147,11 @@ DEFAULT_INTERVAL_S = 30.0
 # details store bounds phase durations alike, `details.MAX_SECONDS`).
 MAX_DURATION_S = 86_400.0
 _PHASES = len(PHASE_NAMES)
+# How long a cancelled stream lets a write in progress finish before it sends its status.
+WRITE_SETTLE_S = 1.0
+# Acks of one stream handled but not yet written: beyond this, the stream reads no further
+# batch until its acks go out (an agent that never reads its acks cannot grow our memory).
+MAX_PENDING_ACKS = 64
 _S = grpc.StatusCode
 _PARSE_ERRORS = (DecodeError, RuntimeError, ValueError)
 
@@ -218,6 +239,105 @@ class _Session:
                 self.task.cancel()
 
 
+class AckMetrics:
+    """How long acks wait for the group commit of the watermark they report."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """Register on `registry`."""
+        self.delay_seconds = Histogram(
+            "probenet_ingest_ack_delay_seconds",
+            "Time from a batch applied to its Ack written, waiting for the journal to commit "
+            "the watermark the Ack reports (journal.commit_interval).",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+            registry=registry)
+
+
+class _AckWriter:
+    """One stream's acks, written in order by a task of their own, each once it is durable.
+
+    The stream's handler queues an ack with the group commit it needs (0: none) and goes on
+    reading the agent's next batch: an agent pipelines its batches, and waiting for each
+    commit before reading the next one would cap a stream at one batch per commit.
+    """
+
+    __slots__ = ("_observe", "_queue", "_task", "_wait", "_write")
+
+    def __init__(self, agent: str, *, write: Callable[[bytes], Awaitable[None]],
+                 wait: Callable[[int], Awaitable[None]],
+                 observe: Callable[[float], None] | None) -> None:
+        """Start the writing task (`write` an ack once `wait` for its commit returns)."""
+        self._write = write
+        self._wait = wait
+        self._observe = observe
+        self._queue: asyncio.Queue[tuple[bytes, int, float] | None] = asyncio.Queue(
+            MAX_PENDING_ACKS)
+        self._task = asyncio.create_task(self._run(), name=f"ingest-acks:{agent}")
+        self._task.add_done_callback(_retrieve)
+
+    async def put(self, ack: bytes, commit: int) -> bool:
+        """Queue `ack`, to be written once group commit `commit` is done (0: at once).
+
+        False when the writer has ended (a write failed: the peer is gone).
+        """
+        if self._task.done():
+            return False
+        await self._queue.put((ack, commit, time.perf_counter()))
+        return True
+
+    async def finish(self) -> None:
+        """Write every queued ack (each after its commit), then stop."""
+        if not self._task.done():
+            await self._queue.put(None)
+            await asyncio.wait([self._task])
+
+    def cancel(self) -> None:
+        """Stop at once; acks not written are dropped (the agent resends those results)."""
+        self._task.cancel()
+
+    async def stop(self) -> None:
+        """Cancel and wait until the task has ended (nothing is being written after)."""
+        self._task.cancel()
+        await asyncio.wait([self._task])
+
+    async def _run(self) -> None:
+        observe = self._observe
+        while (item := await self._queue.get()) is not None:
+            ack, commit, queued_at = item
+            if commit:
+                await self._wait(commit)
+            if observe is not None:
+                observe(time.perf_counter() - queued_at)
+            await self._write(ack)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Done callback: read a write's exception, so asyncio never reports it unread.
+
+    A write (or the ack writer) fails only when the stream is gone already (the peer
+    cancelled, the stream was aborted); the stream's handler ends it either way.
+    """
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.debug("stream write ended", extra={"error": repr(exc)})
+
+
+async def _write_settled(context: grpc.aio.ServicerContext, data: bytes) -> None:
+    """`context.write`, left to finish (for up to WRITE_SETTLE_S) when the stream is cancelled.
+
+    grpc sends a stream's initial metadata with its first message. A first write cut short
+    by a cancellation (the drain at shutdown, a replacing stream) leaves that send in flight
+    in grpc core, and the abort that follows sends initial metadata again: grpc core refuses
+    the batch, and grpc logs an ERROR with a CancelledError traceback for what is a normal
+    end of a stream (issue 11). So the write finishes before the cancellation goes on.
+    """
+    write = asyncio.ensure_future(context.write(data))
+    write.add_done_callback(_retrieve)
+    try:
+        await asyncio.shield(write)
+    except asyncio.CancelledError:
+        await asyncio.wait([write], timeout=WRITE_SETTLE_S)
+        raise
+
+
 def _bearer(metadata: Any) -> bytes | None:
     for key, value in metadata or ():
         if key == "authorization":
@@ -275,14 +395,20 @@ class IngestServicer:
                  watermarks: Mapping[str, tuple[int, int]] | None = None,
                  identity_check: bool = False,
                  details: LatestDetails | None = None,
+                 request_commit: Callable[[], None],
+                 commit_interval: float = 0.02,
+                 ack_metrics: AckMetrics | None = None,
                  clock: Callable[[], float],
                  wall_clock_ns: Callable[[], int] = time.time_ns,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         """`watermarks` are the journal's, so deduplication continues after a restart.
 
         `details` receives the wire bytes of each accepted result (None: nothing is kept).
-        `wall_clock_ns` is what epochs are checked against (the agents' clocks, not the
-        classifier's `clock`, which tests move by hand); `monotonic` times stream silence.
+        `request_commit` asks the owner for a group commit (`commit_watermarks`) within
+        `commit_interval` of the last one: an ack waits for it (a batch that finds one due
+        commits it at once). `wall_clock_ns` is what epochs are checked against (the agents'
+        clocks, not the classifier's `clock`, which tests move by hand); `monotonic` times
+        stream silence.
         """
         self._classifier = classifier
         self._committer = committer
@@ -299,7 +425,17 @@ class IngestServicer:
         self._clock = clock
         self._watermarks = {agent: Watermark(epoch, seq)
                             for agent, (epoch, seq) in (watermarks or {}).items()}
+        # Agents whose watermark changed since the journal last wrote it.
         self._dirty: set[str] = set()
+        # The group commit: `_generation` numbers the next one, `_durable` the last one done;
+        # `_committed` is set (and replaced) when one is done.
+        self._generation = 1
+        self._durable = 0
+        self._committed = asyncio.Event()
+        self._request_commit = request_commit
+        self._commit_interval = commit_interval
+        self._last_commit = -math.inf  # monotonic time of the last group commit (attempt)
+        self._observe_ack = ack_metrics.delay_seconds.observe if ack_metrics else None
         self._sessions: dict[str, _Session] = {}
         self._logged: set[tuple[str, str]] = set()
         self._known_probes: set[str] = set()
@@ -319,7 +455,8 @@ class IngestServicer:
         registry = (AgentRegistry.from_entries(config.agents)
                     if config.agents is not None else None)
         return cls(limits=config.limits, registry=registry, collector_id=config.collector_id,
-                   identity_check=bool(config.tls and config.tls.client_ca_file), **kwargs)
+                   identity_check=bool(config.tls and config.tls.client_ca_file),
+                   commit_interval=config.journal.commit_interval, **kwargs)
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
         """The generic handler to add to a grpc.aio server (raw bytes in and out)."""
@@ -328,12 +465,58 @@ class IngestServicer:
 
     # -- state the service reads ---------------------------------------------------------
 
-    def take_dirty_watermarks(self) -> dict[str, tuple[int, int]]:
-        """Watermarks changed since the last call (the periodic journal flush)."""
+    def commit_watermarks(self) -> int:
+        """The group commit: journal every changed watermark in one transaction.
+
+        Every ack queued before it, waiting for its watermark, goes out after it. Returns
+        how many watermarks were written. A JournalError propagates: the watermarks stay
+        to be written, and the acks keep waiting for the next commit that succeeds.
+        """
+        generation = self._generation
+        self._generation += 1
+        self._last_commit = self._monotonic()
         dirty = {agent: (wm.epoch, wm.seq) for agent in self._dirty
                  if (wm := self._watermarks.get(agent)) is not None}
         self._dirty.clear()
-        return dirty
+        if dirty:
+            try:
+                self._committer.commit_watermarks(dirty)
+            except BaseException:
+                self._dirty.update(dirty)
+                raise
+        self._durable = generation
+        done, self._committed = self._committed, asyncio.Event()
+        done.set()
+        return len(dirty)
+
+    def commit_due_in(self) -> float:
+        """Seconds until the next group commit may run (<= 0: now)."""
+        return self._last_commit + self._commit_interval - self._monotonic()
+
+    def _commit_needed(self, agent: str) -> int:
+        """The group commit an ack of `agent` sent now must wait for (0: none).
+
+        The agent's watermark is durable unless it changed since the journal wrote it. When
+        a commit is due (`commit_interval` since the last one), it runs here, at once: the
+        ack need not wait, and nor does the turn of the event loop the owner's commit loop
+        would take. Else the owner is asked for the next one.
+        """
+        if agent not in self._dirty:
+            return 0
+        if self.commit_due_in() <= 0:
+            try:
+                self.commit_watermarks()
+            except JournalError:
+                pass  # the owner's commit loop retries, and logs the failure
+            else:
+                return 0
+        self._request_commit()
+        return self._generation
+
+    async def _until_committed(self, generation: int) -> None:
+        """Wait until group commit `generation` is done (at once for 0)."""
+        while self._durable < generation:
+            await self._committed.wait()
 
     def drain(self) -> None:
         """Refuse new streams and end every open one with UNAVAILABLE (agents reconnect)."""
@@ -347,19 +530,31 @@ class IngestServicer:
         """One agent stream (the grpc handler; request and response are raw bytes)."""
         del request_iterator  # read through context.read(), which cannot be mixed with it
         session: _Session | None = None
+        acks: _AckWriter | None = None
         agent = "?"
         try:
             hello = await self._read_hello(context)
             agent = hello.agent_id or "?"
             session = self._open(hello, context)
-            await context.write(self._welcome(session))
+            # Welcome's acked_seq acknowledges too: it waits for the commit of a watermark
+            # the journal does not hold yet (the agent's previous stream just moved it).
+            if session.watermark.seq:
+                await self._until_committed(self._commit_needed(agent))
+            await _write_settled(context, self._welcome(session))
+            acks = _AckWriter(agent, write=context.write, wait=self._until_committed,
+                              observe=self._observe_ack)
             while True:
                 data = await context.read()
                 if data is grpc.aio.EOF:
                     break
-                await context.write(self._handle_batch(session, data))
+                ack = self._handle_batch(session, data)
+                if not await acks.put(ack, self._commit_needed(agent)):
+                    break
+            await acks.finish()
         except StreamRejectedError as exc:
             self._count_rejection(agent, exc.reason, exc.message)
+            if acks is not None:
+                await acks.stop()
             await context.abort(exc.code, exc.message)
         except asyncio.CancelledError:
             if session is None or session.end_code is None:
@@ -367,11 +562,17 @@ class IngestServicer:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
+            if acks is not None:
+                await acks.stop()
             await context.abort(session.end_code, session.end_message)
         except Exception:
             log.exception("agent stream failed", extra={"agent": agent})
+            if acks is not None:
+                await acks.stop()
             await context.abort(_S.INTERNAL, "the collector failed to apply a batch")
         finally:
+            if acks is not None:
+                acks.cancel()
             if session is not None:
                 self._close(session)
 
@@ -407,6 +608,10 @@ class IngestServicer:
                                       "not a probenet.v1.AgentMessage") from exc
 
     def _open(self, hello: pb.Hello, context: grpc.aio.ServicerContext) -> _Session:
+        if self._draining:
+            # The Hello arrived after the drain began: `drain` ended the streams open then.
+            raise StreamRejectedError(_S.UNAVAILABLE, "draining",
+                                      "the collector is shutting down; try another")
         agent, region = hello.agent_id, hello.region
         for field_name, value in (("agent_id", agent), ("region", region)):
             issue = name_problem(value)
@@ -596,7 +801,10 @@ class IngestServicer:
     # -- the hot path --------------------------------------------------------------------
 
     def _handle_batch(self, session: _Session, data: bytes) -> bytes:
-        """Parse, validate, deduplicate, apply, commit; return the serialized Ack."""
+        """Parse, validate, deduplicate, apply, commit; return the serialized Ack.
+
+        The Ack goes out once its watermark is durable (`_commit_needed`).
+        """
         details = self._details
         message = self._parse(data)
         body = message.WhichOneof("body")
@@ -713,9 +921,12 @@ class IngestServicer:
             metrics.applied.inc(len(accepted))
         if highest > applied_upto:
             watermark.seq = highest
+            # Journaled with the transitions this batch caused, if any; else by the next
+            # group commit, which the Ack waits for. Dirty first: if the journal fails,
+            # a later Welcome still waits for a commit that holds this seq.
             self._dirty.add(session.agent)
-            # Journaled with the transitions this batch caused, if any (else flushed later).
-            self._committer.commit({session.agent: (watermark.epoch, highest)})
+            if self._committer.commit({session.agent: (watermark.epoch, highest)}):
+                self._dirty.discard(session.agent)
         if duplicates:
             metrics.duplicate.inc(duplicates)
         if rejected:

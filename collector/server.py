@@ -6,9 +6,9 @@
     # drained: health NOT_SERVING, streams ended, final tick journaled, journal closed
 
 Start order: journal (restore open outages and watermarks) -> gRPC (ingest, health,
-reflection) -> HTTP -> loops (tick, watermark flush, event-loop lag) in one TaskGroup ->
-ready. Stop order is the reverse, with a drain first so agents move to another collector at
-once.
+reflection) -> HTTP -> loops (tick, watermark group commit, event-loop lag) in one TaskGroup
+-> ready. Stop order is the reverse, with a drain first so agents move to another collector
+at once.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from .config import CollectorConfig, config_summary
 from .details import LatestDetails
 from .errors import LifecycleError, ServiceError
 from .exposition import MetricsPage
-from .ingest import SERVICE_NAME, IngestServicer
+from .ingest import SERVICE_NAME, AckMetrics, IngestServicer
 from .journal import CommitMetrics, Journal, TransitionCommitter
 from .looplag import LoopLagMonitor
 from .metrics import FailureCounts, IngestMetrics
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# With no ack waiting, changed watermarks (a new epoch's) are still committed this often.
 WATERMARK_FLUSH_S = 2.0
 _HEALTH = health_pb2.HealthCheckResponse
 
@@ -126,6 +127,9 @@ class CollectorService:
         self._stack: contextlib.AsyncExitStack | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._stopping = asyncio.Event()
+        # Set when an ack waits for the group commit of its watermark (and at stop).
+        self._commit_wanted = asyncio.Event()
+        self._ack_metrics = AckMetrics(self.registry)
         # Measures how long anything (a scrape, a big API answer) holds the loop.
         self.loop_lag = LoopLagMonitor(self.registry)
 
@@ -151,7 +155,7 @@ class CollectorService:
             await tasks.__aenter__()
             self._tasks = tasks
             tasks.create_task(self._tick_loop(), name="collector-tick")
-            tasks.create_task(self._flush_loop(), name="collector-watermark-flush")
+            tasks.create_task(self._commit_loop(), name="collector-watermark-commit")
             tasks.create_task(self.loop_lag.run(self._stopping), name="collector-loop-lag")
             await self._health.set("", _HEALTH.SERVING)
             await self._health.set(SERVICE_NAME, _HEALTH.SERVING)
@@ -184,7 +188,8 @@ class CollectorService:
         self.ingest = IngestServicer.build(
             self.config, classifier=self.classifier, committer=self.committer,
             metrics=self.ingest_metrics, failures=self.failures, details=self.details,
-            watermarks=self.journal.watermarks(), clock=self._clock)
+            watermarks=self.journal.watermarks(), request_commit=self._commit_wanted.set,
+            ack_metrics=self._ack_metrics, clock=self._clock)
 
     async def _start_grpc(self, stack: contextlib.AsyncExitStack) -> None:
         assert self.ingest is not None
@@ -240,12 +245,40 @@ class CollectorService:
             except Exception:
                 log.exception("tick failed")
 
-    async def _flush_loop(self) -> None:
-        while not await self._sleep(WATERMARK_FLUSH_S):
-            try:
-                self.flush_watermarks()
-            except Exception:
-                log.exception("watermark flush failed")
+    async def _commit_loop(self) -> None:
+        """The group commit for acks waiting: at `commit_interval` after the last commit.
+
+        A batch that finds a commit due runs it itself (collector/ingest.py); this loop
+        commits for the acks that no later batch comes to release, and every
+        WATERMARK_FLUSH_S what changed without an ack waiting.
+        """
+        assert self.ingest is not None
+        ingest = self.ingest
+        failing = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WATERMARK_FLUSH_S):
+                    await self._commit_wanted.wait()
+            if self._stopping.is_set():
+                return
+            # (A batch may have run the commit meanwhile: then wait for the next one due.)
+            while (delay_s := ingest.commit_due_in()) > 0:
+                if await self._sleep(delay_s):
+                    return
+            self._commit_wanted.clear()
+            failing = self._group_commit(failing=failing)
+
+    def _group_commit(self, *, failing: bool) -> bool:
+        """One group commit; True when it failed (logged once per run of failures)."""
+        try:
+            self.flush_watermarks()
+        except Exception:
+            if not failing:
+                log.exception("watermark commit failed: acks wait until one succeeds")
+            return True
+        if failing:
+            log.info("watermark commits succeed again")
+        return False
 
     def tick(self) -> None:
         """One classifier tick at the service clock's now, journaled and published."""
@@ -253,9 +286,9 @@ class CollectorService:
         self.committer.commit()
 
     def flush_watermarks(self) -> None:
-        """Write changed agent watermarks to the journal."""
+        """Commit changed agent watermarks to the journal now (acks waiting for them go out)."""
         if self.ingest is not None:
-            self.journal.flush_watermarks(self.ingest.take_dirty_watermarks())
+            self.ingest.commit_watermarks()
 
     # -- stop ----------------------------------------------------------------------------
 
@@ -282,6 +315,7 @@ class CollectorService:
         if self._grpc is not None:
             await self._grpc.stop(self.config.shutdown_grace)
         self._stopping.set()
+        self._commit_wanted.set()  # wakes the commit loop, which then ends
         tasks, self._tasks = self._tasks, None
         if tasks is not None:
             await tasks.__aexit__(None, None, None)

@@ -17,19 +17,34 @@ Every server is hardened against clients that hold resources without finishing a
   (408 otherwise). A body that was not read whole (the handler ignored it, or it timed out)
   is drained for at most `linger_s` (aiohttp's lingering time; 0: none), so the client can
   read the answer; then the connection is closed.
+- **write timeout**: a connection whose answer makes no progress for `write_timeout_s` (its
+  output is buffered and the client has taken none of it: it stopped reading, or reads
+  nothing while its window is full) is aborted, and its buffer freed (counted in
+  `HttpServer.write_timeouts`, logged at INFO at most once per check). Progress is the
+  client taking bytes: the kernel's send queue of the socket shrinking (Linux, `SIOCOUTQ`:
+  the kernel's own buffer of a few MiB frees room only in large steps, so the transport's
+  buffer alone would make a slow reader look stalled), the transport's buffer shrinking,
+  or aiohttp's writer resumed after a pause. A reader that is slow but steady is never cut,
+  however long the answer. This bounds a streamed answer waiting for the client (/metrics
+  at size) and an answer already handed whole to the transport, which a close alone would
+  keep until it is sent.
 - **connection cap**: beyond `max_connections` open connections, a new one is closed at once
   (counted in `HttpServer.refused_connections`, logged once per burst).
 - **quiet client errors**: a malformed request (over-long request line or header, bad
   method, bad framing) is answered 400 by aiohttp and logged at WARNING without a traceback:
-  it is the client's fault, not ours. Exceptions raised by our handlers stay at ERROR with
-  their traceback.
+  it is the client's fault, not ours. A client gone mid-answer (it closed, or the write
+  timeout cut it: the handler's next write raises ConnectionResetError) is logged at DEBUG.
+  Exceptions raised by our handlers stay at ERROR with their traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
+import struct
+import termios
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,8 +64,11 @@ _BACKLOG = 128
 # enough that 1,000 stalled connections free their descriptors within seconds.
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
+WRITE_TIMEOUT_S = 30.0
 MAX_CONNECTIONS = 1_000
 LINGER_S = 10.0  # aiohttp's default
+# The ioctl for the bytes a socket's send queue holds (Linux; elsewhere absent: unused).
+_SIOCOUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +79,16 @@ class HttpLimits:
     body_timeout_s: float = BODY_TIMEOUT_S
     max_connections: int = MAX_CONNECTIONS
     linger_s: float = LINGER_S
+    write_timeout_s: float = WRITE_TIMEOUT_S
 
     def __post_init__(self) -> None:
         """Refuse bounds that would disable the protection or refuse every client."""
         if not self.linger_s >= 0:
             msg = f"HttpLimits: linger_s must be >= 0, not {self.linger_s!r}"
             raise ValueError(msg)
-        if not self.header_timeout_s > 0 or not self.body_timeout_s > 0:
-            msg = (f"HttpLimits: timeouts must be > 0, not {self.header_timeout_s!r} and "
-                   f"{self.body_timeout_s!r}")
+        timeouts = (self.header_timeout_s, self.body_timeout_s, self.write_timeout_s)
+        if not all(timeout > 0 for timeout in timeouts):
+            msg = f"HttpLimits: timeouts must be > 0, not {timeouts!r}"
             raise ValueError(msg)
         if self.max_connections < 1:
             msg = f"HttpLimits: max_connections must be >= 1, not {self.max_connections!r}"
@@ -103,8 +122,14 @@ class _ClientErrorsAsWarnings(logging.LoggerAdapter[logging.Logger]):
     """
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
-        """Demote a client's protocol error; pass everything else through."""
+        """Demote a client's protocol error or departure; pass everything else through."""
         exc = kwargs.get("exc_info")
+        if level >= logging.ERROR and isinstance(exc, ConnectionResetError):
+            # A handler's write to a connection the client closed, or the write timeout cut.
+            remote = args[0] if len(args) == 1 else None
+            self.logger.debug("HTTP client gone before the answer was written: %s", exc,
+                              extra={"remote": remote})
+            return
         if (level >= logging.ERROR and isinstance(exc, HttpProcessingError)
                 and 400 <= exc.code < 500):
             # aiohttp's call is ("Error handling request from %s", remote, exc_info=exc).
@@ -127,20 +152,78 @@ class _RefusedConnection(asyncio.Protocol):
             transport.close()
 
 
-class HttpServer(web.Server):
-    """aiohttp's server with a cap on open connections.
+class _RequestHandler(web.RequestHandler):
+    """aiohttp's protocol for one connection, counting the client's drains of its output.
 
-    The count includes connections accepted but not yet made (asyncio accepts a burst of
-    connections before any `connection_made` runs), so the cap holds exactly.
+    asyncio calls `resume_writing` when the output buffer falls below the low-water mark
+    after it had risen above the high-water mark: the client is reading.
     """
 
-    def __init__(self, handler: Any, *, max_connections: int, **kwargs: Any) -> None:
+    __slots__ = ("drained",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """As aiohttp's."""
+        super().__init__(*args, **kwargs)
+        self.drained = 0
+
+    def resume_writing(self) -> None:
+        """Count the drain, then let aiohttp resume its writer."""
+        self.drained += 1
+        super().resume_writing()
+
+
+@dataclass(frozen=True, slots=True)
+class _Marks:
+    """What shows a connection's output moving: buffered bytes, kernel queue, drains."""
+
+    buffered: int  # in the transport's buffer
+    queued: int | None  # in the kernel's send queue (None: unknown)
+    drained: int  # times aiohttp's writer was resumed
+
+    def progressed_since(self, before: _Marks) -> bool:
+        """True when the client took bytes since `before` (a growing buffer is no progress)."""
+        return (self.buffered < before.buffered or self.drained != before.drained
+                or (self.queued is not None and before.queued is not None
+                    and self.queued < before.queued))
+
+
+def _kernel_queue(transport: asyncio.Transport) -> int | None:
+    """Bytes in the socket's send queue, not yet taken by the peer (None where unknown)."""
+    sock = transport.get_extra_info("socket")
+    if _SIOCOUTQ is None or sock is None:
+        return None
+    try:
+        answer = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return None
+    return int(struct.unpack("i", answer)[0])
+
+
+class HttpServer(web.Server):
+    """aiohttp's server with a cap on open connections and a write timeout.
+
+    The count includes connections accepted but not yet made (asyncio accepts a burst of
+    connections before any `connection_made` runs), so the cap holds exactly. Every
+    `write_timeout_s / 4`, while connections are open, each one's output buffer is checked
+    for progress (module docstring).
+    """
+
+    def __init__(self, handler: Any, *, max_connections: int,
+                 write_timeout_s: float = WRITE_TIMEOUT_S, **kwargs: Any) -> None:
         """`handler` and `kwargs` as `web.Server`'s; `max_connections` the cap."""
         super().__init__(handler, **kwargs)
         self._max_connections = max_connections
         self._accepted: set[RequestHandler] = set()
         self._refusing = False
         self.refused_connections = 0
+        self._write_timeout_s = write_timeout_s
+        # Kept here, not read from the handler: aiohttp drops its reference at close(),
+        # while the transport still holds the output it could not send.
+        self._transports: dict[RequestHandler, asyncio.Transport] = {}
+        # Connections with output pending: (progress marks, since when they stand still).
+        self._pending: dict[RequestHandler, tuple[_Marks, float]] = {}
+        self._write_check: asyncio.TimerHandle | None = None
+        self.write_timeouts = 0
 
     @property
     def open_connections(self) -> int:
@@ -158,25 +241,82 @@ class HttpServer(web.Server):
             # Typed as aiohttp's protocol, but asyncio asks only for a Protocol here.
             return _RefusedConnection()  # type: ignore[return-value]
         self._refusing = False
-        handler = super().__call__()
+        # aiohttp's own `__call__`, with our protocol class (its options are the server's).
+        handler = _RequestHandler(self, loop=self._loop, **self._kwargs)
         self._accepted.add(handler)
         return handler
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        """Remember the transport; check writes while any connection is open."""
+        super().connection_made(handler, transport)
+        self._transports[handler] = transport
+        if self._write_check is None:
+            self._write_check = self._loop.call_later(self._write_timeout_s / 4,
+                                                      self._check_writes)
 
     def connection_lost(self, handler: RequestHandler,
                         exc: BaseException | None = None) -> None:
         """Forget the connection, then let aiohttp do the same."""
         self._accepted.discard(handler)
+        self._transports.pop(handler, None)
+        self._pending.pop(handler, None)
         super().connection_lost(handler, exc)
+
+    def _check_writes(self) -> None:
+        """Abort every connection whose output made no progress for `write_timeout_s`."""
+        now = self._loop.time()
+        pending: dict[RequestHandler, tuple[_Marks, float]] = {}
+        aborted = 0
+        for handler, transport in list(self._transports.items()):
+            size = transport.get_write_buffer_size()
+            if not size:
+                continue  # all handed to the kernel: the keep-alive timeout bounds the rest
+            marks = _Marks(size, _kernel_queue(transport),
+                           handler.drained if isinstance(handler, _RequestHandler) else 0)
+            seen = self._pending.get(handler)
+            if seen is None or marks.progressed_since(seen[0]):
+                pending[handler] = (marks, now)  # the clock (re)starts
+            elif now - seen[1] >= self._write_timeout_s:
+                transport.abort()  # frees the buffer; aiohttp sees the connection lost
+                aborted += 1
+            else:
+                pending[handler] = (marks, seen[1])
+        self._pending = pending
+        if aborted:
+            self.write_timeouts += aborted
+            log.info("HTTP answers not taken by their clients in time: connections closed",
+                     extra={"count": aborted, "write_timeout_s": self._write_timeout_s,
+                            "total": self.write_timeouts})
+        self._write_check = None
+        if self._transports:
+            self._write_check = self._loop.call_later(self._write_timeout_s / 4,
+                                                      self._check_writes)
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - aiohttp's signature
+        """Shut down as aiohttp does, then abort what still holds unsent output.
+
+        aiohttp closes each connection, and a close waits for the output to be sent: a
+        client that stopped reading would keep its socket after the server stopped.
+        """
+        if self._write_check is not None:
+            self._write_check.cancel()
+            self._write_check = None
+        await super().shutdown(timeout)
+        for transport in list(self._transports.values()):
+            if transport.get_write_buffer_size():
+                transport.abort()
 
 
 class _HardenedAppRunner(web.AppRunner):
     """An AppRunner whose server is an `HttpServer` (aiohttp builds a plain `web.Server`)."""
 
-    __slots__ = ("_max_connections",)
+    __slots__ = ("_max_connections", "_write_timeout_s")
 
-    def __init__(self, app: web.Application, *, max_connections: int, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, *, max_connections: int,
+                 write_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._max_connections = max_connections
+        self._write_timeout_s = write_timeout_s
 
     async def _make_server(self) -> web.Server:
         # aiohttp's own step starts and freezes the application; its server is only a recipe
@@ -186,6 +326,7 @@ class _HardenedAppRunner(web.AppRunner):
         recipe = await super()._make_server()
         options = {k: v for k, v in self._kwargs.items() if k != "handler_cancellation"}
         return HttpServer(recipe.request_handler, max_connections=self._max_connections,
+                          write_timeout_s=self._write_timeout_s,
                           request_factory=recipe.request_factory,
                           handler_cancellation=recipe.handler_cancellation, **options)
 
@@ -249,7 +390,8 @@ async def serve_app(app: web.Application, host: str, port: int, *,
     sock = listening_socket(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     runner = _HardenedAppRunner(
-        app, max_connections=limits.max_connections, access_log=None, handle_signals=False,
+        app, max_connections=limits.max_connections, write_timeout_s=limits.write_timeout_s,
+        access_log=None, handle_signals=False,
         shutdown_timeout=shutdown_timeout_s, handler_cancellation=handler_cancellation,
         keepalive_timeout=limits.header_timeout_s, lingering_time=limits.linger_s,
         logger=_ClientErrorsAsWarnings(server_logger, {}))

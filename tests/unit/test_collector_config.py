@@ -204,3 +204,15 @@ def test_addresses_names_and_labels_follow_the_shared_rules(text, message):
     with pytest.raises(ConfigError) as raised:
         parse_config(text)
     assert [str(i) for i in raised.value.issues] == [f"<string>:{message}"]
+
+
+def test_the_journal_commit_interval_defaults_to_20ms_and_is_bounded():
+    assert parse_config("{}").journal.commit_interval == 0.02
+    assert parse_config("journal: {commit_interval: 0s}").journal.commit_interval == 0.0
+    assert parse_config("journal: {commit_interval: 100ms}").journal.commit_interval == 0.1
+    for bad, col in (("6s", 28), ("-1ms", 28)):
+        with pytest.raises(ConfigError) as raised:
+            parse_config(f"journal: {{commit_interval: {bad}}}")
+        [issue] = raised.value.issues
+        assert (issue.line, issue.col) == (1, col)
+        assert issue.message.startswith("journal.commit_interval: ")
