@@ -956,5 +956,7 @@ class IngestServicer:
             return
         if len(self._logged) < 10_000:
             self._logged.add((agent, reason))
-        log.warning("rejected %s", "results" if counted_result else "stream", extra={
+        # A stream refused while the collector shuts down is routine: the agent reconnects.
+        level = logging.INFO if reason == "draining" else logging.WARNING
+        log.log(level, "rejected %s", "results" if counted_result else "stream", extra={
             "agent": agent, "reason": reason, "detail": message, "count": count})

@@ -59,6 +59,7 @@ from .model import (
 
 if TYPE_CHECKING:
     from .classify import Classifier
+    from .model import AgentHealthChange
 
 log = logging.getLogger(__name__)
 
@@ -424,6 +425,7 @@ class TransitionCommitter:
 
     def commit(self, watermarks: Watermarks | None = None) -> list[JournaledTransition]:
         """Journal what the classifier changed (with `watermarks`), then publish it."""
+        self._log_health(self._classifier.take_health_changes())
         transitions = self._classifier.take_transitions()
         if not transitions:
             return []
@@ -448,6 +450,15 @@ class TransitionCommitter:
         self._journal.flush_watermarks(watermarks)
         if self._observer is not None:
             self._observer.watermarks_committed(self._perf() - started)
+
+    @staticmethod
+    def _log_health(changes: Sequence[AgentHealthChange]) -> None:
+        """Each agent health change at INFO, with its evidence (not journaled)."""
+        for change in changes:
+            log.info("agent %s", change.health, extra={
+                "agent": change.agent, "region": change.region, "health": str(change.health),
+                "previous": str(change.previous), "probes_down": change.down,
+                "probes_fresh": change.fresh, "down_seen_up_elsewhere": change.seen_up})
 
     def _log(self, seq: int, change: OutageTransition) -> None:
         record = change.record

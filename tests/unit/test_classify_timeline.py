@@ -3,6 +3,8 @@ a global outage is opened as global, a regional one is still found within two in
 
 from __future__ import annotations
 
+import logging
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -119,3 +121,21 @@ def test_agent_health_changes_carry_their_evidence():
     assert [(c.previous.value, c.health.value) for c in back][-1] == ("impaired", "ok")
     assert back[-1].fresh == len(line.probes)
     assert back[-1].down < len(line.probes) / 2
+
+
+def test_the_committer_logs_agent_health_changes_with_their_evidence(tmp_path, caplog):
+    from probenet.collector.journal import Journal, TransitionCommitter  # noqa: PLC0415
+
+    line = Timeline(REGIONS, seed=5)
+    with Journal(tmp_path / "j.db") as journal:
+        committer = TransitionCommitter(line.clf, journal)
+        line.run(5)
+        committer.commit()
+        with caplog.at_level(logging.INFO, logger="probenet.collector.journal"):
+            line.run(6, region_down("r1", line.now + 0.2))
+            committer.commit()
+    [impaired] = [r for r in caplog.records
+                  if r.getMessage() == "agent impaired" and r.agent == "r1-1"]
+    assert impaired.region == "r1"
+    assert impaired.probes_down >= 3
+    assert impaired.down_seen_up_elsewhere >= 3
