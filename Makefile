@@ -23,6 +23,8 @@ bench: venv
 	.venv/bin/python benchmarks/agent_probes.py
 	.venv/bin/python benchmarks/scrape.py
 	.venv/bin/python benchmarks/fleet.py
+	.venv/bin/python benchmarks/detection.py
+	.venv/bin/python benchmarks/agent_spool.py
 
 # A soak run (benchmarks/README.md): a real fleet with churn; not part of `make bench`.
 MINUTES ?= 30
