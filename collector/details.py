@@ -49,9 +49,11 @@ negative content length or certificate expiry as 0 (unknown), an HTTP version ou
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from google.protobuf.message import DecodeError
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from probenet.v1 import probenet_pb2 as pb
@@ -61,7 +63,7 @@ from .metrics import PAIR_LABELS, FamilySpec
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
 
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.core import GaugeMetricFamily, Metric
 
     from .classify import Classifier, PairSample
 
@@ -306,12 +308,21 @@ def packed_phase(packed: PackedFacts, name: str) -> float | None:
     return seconds
 
 
-def _seconds(value: float) -> float:
+# Out-of-contract values left out at decode, counted by field (`DroppedValues`).
+DROPPED_FIELDS = ("phase_name", "phase_seconds", "icmp_rtt_seconds", "content_length",
+                  "cert_expiry", "http_version")
+DroppedValues = Counter
+
+
+def _seconds(value: float, dropped: DroppedValues[str]) -> float:
     """`value` when it is a sane time in seconds, else 0.0 (NaN, negative, absurd)."""
-    return value if 0.0 <= value <= MAX_SECONDS else 0.0
+    if 0.0 <= value <= MAX_SECONDS:
+        return value
+    dropped["icmp_rtt_seconds"] += 1
+    return 0.0
 
 
-def _phases(phases: Any) -> Phases:
+def _phases(phases: Any, dropped: DroppedValues[str]) -> Phases:
     slots: list[float | None] = [None] * len(PHASE_ORDER)
     for phase in phases:
         name, seconds = _PHASE_NAMES.get(phase.name), phase.seconds
@@ -319,33 +330,51 @@ def _phases(phases: Any) -> Phases:
             slot = _PHASE_SLOT[name]
             if slots[slot] is None:  # the first of a name counts (`phase_seconds`)
                 slots[slot] = seconds
+        else:
+            dropped["phase_name" if name is None else "phase_seconds"] += 1
     return tuple((name, seconds) for name, seconds in zip(PHASE_ORDER, slots, strict=True)
                  if seconds is not None)
 
 
-def _resolve_only(phases: Any) -> Phases:
+def _resolve_only(phases: Any, dropped: DroppedValues[str]) -> Phases:
     # Kinds without phase families need only the resolve time, which probes time first.
     first = phases[0]
     seconds = first.seconds
-    return ((("resolve", seconds),) if first.name == "resolve" and 0.0 <= seconds <= MAX_SECONDS
-            else ())
+    if first.name != "resolve":
+        return ()
+    if 0.0 <= seconds <= MAX_SECONDS:
+        return (("resolve", seconds),)
+    dropped["phase_seconds"] += 1
+    return ()
 
 
-def _tls(facts: Any) -> TlsSummary:
-    return TlsSummary(max(facts.earliest_cert_expiry, 0), facts.version[:_MAX_LABEL_CHARS],
-                      facts.cipher[:_MAX_LABEL_CHARS])
+def _tls(facts: Any, dropped: DroppedValues[str]) -> TlsSummary:
+    expiry = facts.earliest_cert_expiry
+    if expiry < 0:
+        dropped["cert_expiry"] += 1
+        expiry = 0
+    return TlsSummary(expiry, facts.version[:_MAX_LABEL_CHARS], facts.cipher[:_MAX_LABEL_CHARS])
 
 
-def _http_version(text: str) -> float:
+def _http_version(text: str, dropped: DroppedValues[str]) -> float:
     try:
         value = float(text.removeprefix("HTTP/"))
     except ValueError:
-        return 0.0
-    return value if 0 < value <= _MAX_HTTP_VERSION else 0.0
+        value = -1.0
+    if 0 < value <= _MAX_HTTP_VERSION:
+        return value
+    if text:  # empty: no version known, not out of contract
+        dropped["http_version"] += 1
+    return 0.0
 
 
-def facts_of(result: Any) -> Facts | None:
-    """What the metrics need of one `probenet.v1.ProbeResult` (None when there is nothing)."""
+def facts_of(result: Any, dropped: DroppedValues[str] | None = None) -> Facts | None:
+    """What the metrics need of one `probenet.v1.ProbeResult` (None when there is nothing).
+
+    Values out of contract are left out or read as unknown, and counted in `dropped`.
+    """
+    if dropped is None:
+        dropped = DroppedValues()
     try:
         which = result.WhichOneof("details")
         phases = result.phases
@@ -355,33 +384,40 @@ def facts_of(result: Any) -> Facts | None:
         if not phases:
             return None
         kind = result.kind
-        return ResultFacts(_phases(phases) if kind in _PHASE_KINDS else _resolve_only(phases))
+        return ResultFacts(_phases(phases, dropped) if kind in _PHASE_KINDS
+                           else _resolve_only(phases, dropped))
     if which == "http":
         http = result.http
-        return HttpFacts(_phases(phases), _http_version(http.http_version), http.redirects,
-                         max(http.content_length, 0),
-                         _tls(http.tls) if http.HasField("tls") else None)
+        length = http.content_length
+        if length < 0:
+            dropped["content_length"] += 1
+            length = 0
+        return HttpFacts(_phases(phases, dropped), _http_version(http.http_version, dropped),
+                         http.redirects, length,
+                         _tls(http.tls, dropped) if http.HasField("tls") else None)
     if which == "dns":
         dns = result.dns
-        return DnsFacts(_phases(phases), dns.answer_rrs, dns.authority_rrs, dns.additional_rrs,
-                        dns.rcode[:_MAX_LABEL_CHARS])
+        return DnsFacts(_phases(phases, dropped), dns.answer_rrs, dns.authority_rrs,
+                        dns.additional_rrs, dns.rcode[:_MAX_LABEL_CHARS])
     if which == "icmp":
         icmp = result.icmp
-        return IcmpFacts(_phases(phases), icmp.sent, icmp.received,
-                         _seconds(icmp.rtt_min_seconds), _seconds(icmp.rtt_avg_seconds),
-                         _seconds(icmp.rtt_max_seconds), _seconds(icmp.rtt_stddev_seconds))
-    resolve = _resolve_only(phases) if phases else ()
+        return IcmpFacts(_phases(phases, dropped), icmp.sent, icmp.received,
+                         _seconds(icmp.rtt_min_seconds, dropped),
+                         _seconds(icmp.rtt_avg_seconds, dropped),
+                         _seconds(icmp.rtt_max_seconds, dropped),
+                         _seconds(icmp.rtt_stddev_seconds, dropped))
+    resolve = _resolve_only(phases, dropped) if phases else ()
     if which == "tls":
-        return TlsProbeFacts(resolve, _tls(result.tls.tls))
+        return TlsProbeFacts(resolve, _tls(result.tls.tls, dropped))
     if which == "grpc":
         status = result.grpc.serving_status
         return GrpcFacts(resolve, status if status in SERVING_STATUSES else "UNKNOWN")
     return ResultFacts(resolve)
 
 
-def _decode(wire: bytes) -> PackedFacts | None:
+def _decode(wire: bytes, dropped: DroppedValues[str]) -> PackedFacts | None:
     try:
-        facts = facts_of(pb.ProbeResult.FromString(wire))
+        facts = facts_of(pb.ProbeResult.FromString(wire), dropped)
     except DecodeError:
         return None
     return None if facts is None else pack(facts)
@@ -397,7 +433,7 @@ class LatestDetails:
     the store follows the classifier's pairs and never outgrows them.
     """
 
-    __slots__ = ("_by_agent", "_names", "_scrapes")
+    __slots__ = ("_by_agent", "_names", "_scrapes", "dropped")
 
     def __init__(self) -> None:
         """An empty store."""
@@ -407,6 +443,8 @@ class LatestDetails:
         self._names: dict[str, str] = {}
         # Scrapes in progress (`scrape`): each learns which pairs were written meanwhile.
         self._scrapes: list[DetailsScrape] = []
+        # Values out of contract left out at decode, by field (DROPPED_FIELDS).
+        self.dropped: DroppedValues[str] = DroppedValues()
 
     def __len__(self) -> int:
         """Pairs with details kept."""
@@ -451,7 +489,7 @@ class LatestDetails:
             names[probe] = probe
             packed = kept.get(probe)
             if isinstance(packed, bytes):
-                packed = _decode(packed)
+                packed = _decode(packed, self.dropped)
             if packed is not None:
                 keep[probe] = packed
             yield sample, None if packed is None else unpack(packed)
@@ -506,7 +544,7 @@ class DetailsScrape:
         if facts is None:
             return None
         if isinstance(facts, bytes):
-            facts = _decode(facts)
+            facts = _decode(facts, self._store.dropped)
             if facts is None:  # nothing to keep (as `join` keeps nothing)
                 del kept[probe]
                 return None
@@ -550,6 +588,27 @@ class DetailsScrape:
         if self._open:
             self._open = False
             self._store._scrapes.remove(self)  # noqa: SLF001
+
+
+class DroppedValuesMetrics(Collector):
+    """`probenet_result_values_dropped_total{field}`: out-of-contract detail values."""
+
+    def __init__(self, details: LatestDetails) -> None:
+        """Read `details.dropped` at each scrape."""
+        self._details = details
+
+    def collect(self) -> Iterator[Metric]:
+        """One counter, a sample per field (0 until one is dropped)."""
+        family = CounterMetricFamily(
+            "probenet_result_values_dropped",
+            "Per-kind detail values out of contract (NaN, negative or absurd times, unknown "
+            "phase names, negative lengths or expiries, bad HTTP versions) left out of the "
+            "exported metrics, by field; counted when a scrape decodes them.",
+            labels=["field"])
+        dropped = self._details.dropped
+        for name in DROPPED_FIELDS:
+            family.add_metric([name], dropped.get(name, 0))
+        yield family
 
 
 class KindDetailsMetrics(Collector):

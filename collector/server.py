@@ -31,7 +31,7 @@ from probenet.lifecycle import EnterOnce
 from .api import HttpApi
 from .classify import Classifier
 from .config import CollectorConfig, config_summary
-from .details import LatestDetails
+from .details import DroppedValuesMetrics, LatestDetails
 from .errors import LifecycleError, ServiceError
 from .exposition import MetricsPage
 from .ingest import SERVICE_NAME, AckMetrics, IngestServicer
@@ -103,6 +103,8 @@ class CollectorService:
         if not kind_details:
             settings = settings.model_copy(update={"per_kind_details": False})
         self.details = LatestDetails() if settings.kind_details else None
+        if self.details is not None:
+            self.registry.register(DroppedValuesMetrics(self.details))
         self.journal = Journal(config.journal.path)
         self.failures = FailureCounts(settings.max_failure_series)
         self.ingest_metrics = IngestMetrics(self.registry)

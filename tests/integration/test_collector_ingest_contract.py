@@ -12,6 +12,7 @@ decodes a result for a scrape: never exported out of contract.
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 
@@ -93,6 +94,11 @@ async def test_kind_specific_values_out_of_contract_are_never_exported(tmp_path)
     assert {stat: metric_value(text, "probenet_icmp_rtt_seconds", probe="rtt", stat=stat)
             for stat in ("min", "avg", "max", "stddev")} == {
                 "min": 0, "avg": 0, "max": 0, "stddev": pytest.approx(0.001)}
+    # Left out, and counted (when the scrape decoded them), by field.
+    assert {field: metric_value(text, "probenet_result_values_dropped_total", field=field)
+            for field in ("content_length", "cert_expiry", "icmp_rtt_seconds",
+                          "phase_seconds")} == {
+        "content_length": 1, "cert_expiry": 1, "icmp_rtt_seconds": 3, "phase_seconds": 0}
 
 
 async def test_failures_stamped_100_days_ago_with_a_huge_interval_open_no_outage(tmp_path):
@@ -167,9 +173,16 @@ def test_the_details_store_sanitises_what_it_decodes():
         phases=phases(resolve=-1.0, connect=math.nan, tls=1e308, processing=0.5),
         http=pb.HttpDetails(http_version="HTTP/1e308", content_length=-5,
                             tls=pb.TlsFacts(earliest_cert_expiry=-7, version="v" * 500)))
-    facts = facts_of(result)
+    dropped: Counter[str] = Counter()
+    facts = facts_of(result, dropped)
     assert facts is not None
     assert facts.phases == (("processing", 0.5),)
+    assert dropped == {"phase_seconds": 3, "http_version": 1, "content_length": 1,
+                       "cert_expiry": 1}
+    unknown = Counter[str]()
+    facts_of(pb.ProbeResult(probe="web", kind="http", phases=phases(warp=0.1),
+                            http=pb.HttpDetails(http_version="")), unknown)
+    assert unknown == {"phase_name": 1}  # an empty version is unknown, not out of contract
     assert (facts.http_version, facts.content_length) == (0.0, 0)
     assert facts.tls is not None
     assert facts.tls.earliest_cert_expiry == 0
