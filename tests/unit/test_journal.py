@@ -164,7 +164,7 @@ def test_a_commit_survives_kill_9(tmp_path):
 
 
 class _FakeClassifier:
-    """Only what the committer reads: a queue of transitions."""
+    """Only what the committer reads: a queue of transitions (and no health changes)."""
 
     def __init__(self, transitions):
         self.transitions = list(transitions)
@@ -172,6 +172,9 @@ class _FakeClassifier:
     def take_transitions(self):
         out, self.transitions = self.transitions, []
         return out
+
+    def take_health_changes(self):
+        return []
 
 
 class _Sink:
