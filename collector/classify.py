@@ -979,18 +979,8 @@ class Classifier:
         for region in pair.probe_state.regions.values():
             if region is home or region.verdict is not _V_UP:
                 continue
-            if not after_failure:
+            if not after_failure or Classifier._heard_since(region, pair):
                 return True
-            for other in region.pairs:
-                if not (other.success and other.fresh and other.verdict == _UP
-                        and other.agent_state.counted):
-                    continue
-                # Agent clocks when both are sane (NTP-close), else the receipt times.
-                if pair.first_fail_ms > 0 and other.stamp_ms > 0:
-                    if other.stamp_ms > pair.first_fail_ms:
-                        return True
-                elif other.at > pair.first_fail_at:
-                    return True
         return False
 
     def _alibi(self, agent: _Agent, now: float) -> None:
@@ -1241,6 +1231,7 @@ class Classifier:
             if not (pair.success and pair.fresh and pair.verdict == _UP
                     and pair.agent_state.counted):
                 continue
+            # Agent clocks when both are sane (NTP-close), else the receipt times.
             if onset.first_fail_ms > 0 and pair.stamp_ms > 0:
                 if pair.stamp_ms > onset.first_fail_ms:
                     return True

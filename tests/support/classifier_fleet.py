@@ -168,13 +168,18 @@ class Fleet:
         noise: Mapping[str, Iterable[str]] | None = None,
         fault: FaultFn | None = None,
         order: Sequence[str] | None = None,
+        slots: int | None = None,
     ) -> None:
-        """One probe interval: every agent but `silent` reports once, then `tick`."""
+        """One probe interval: every agent but `silent` reports once, then `tick`.
+
+        The interval is cut in `slots` + 1 steps (default: one slot per reporting agent);
+        two fleets given the same `slots` report their shared agents at the same moments.
+        """
         failure_of = fault or faults(*downs, region_of=self.region_of)
         muted = set(silent)
         start = self.now
         reporting = [a for a in (order or self.agents) if a not in muted]
-        step = self.interval_s / (len(reporting) + 1)
+        step = self.interval_s / ((slots or len(reporting)) + 1)
         noise = noise or {}
         for agent in reporting:
             self.now += step

@@ -176,9 +176,12 @@ def test_adding_an_up_region_never_raises_the_scope_of_a_fleet(
                  for _ in range(rng.randint(0, 2))]
         silent = [a for a in plain.agents if rng.random() < 0.1]
         fault = faults(*downs, region_of=wider.region_of)
-        plain.round(fault=fault, silent=silent)
-        # The extra region's agents report last, so the shared agents see the same history.
-        wider.round(fault=fault, silent=silent, order=wider.agents)
+        # The extra region's agents report last, in the same time slots, so the shared
+        # agents see the same history at the same moments (timing matters: alibis, streaks
+        # that began together).
+        slots = len(wider.agents)
+        plain.round(fault=fault, silent=silent, slots=slots)
+        wider.round(fault=fault, silent=silent, order=wider.agents, slots=slots)
         for probe in PROBES:
             if plain.clf.target(probe) is None:
                 continue  # every agent of the plain fleet was silent so far
