@@ -20,8 +20,6 @@ import time
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
-from test_collector_restart import CollectorProcess
-
 from probenet.collector.config import parse_config
 from probenet.collector.errors import JournalError
 from probenet.collector.journal import Journal
@@ -35,6 +33,7 @@ from support.collector_client import (
     http_get,
     metric_value,
 )
+from support.collector_process import CollectorProcess
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -16,10 +16,9 @@ import contextlib
 import signal
 from typing import TYPE_CHECKING
 
-from test_collector_restart import CollectorProcess
-
 from probenet.v1 import probenet_pb2 as pb
 from support.collector_client import StreamEndedError, TestAgent
+from support.collector_process import CollectorProcess
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -8,7 +8,12 @@
 - `collector_client`: a collector in-process, test agents speaking the wire protocol, API and
   metric readers
 - `mosquitto`: a real Mosquitto broker from its Debian binary, and subscribers
+- `collector_process`: `probenet collector` as a child process (restart, kill -9, SIGTERM)
+- `processes`: any child process with its log in a file, stopped with SIGTERM then SIGKILL
+- `netns`: network namespaces with veth pairs in 198.18.0.0/15 and nftables partitions
+  (root; skip on a laptop, fail when CI=true)
 - `classifier_fleet`: a small fake fleet driving the pure classifier, round by round
+- `classifier_timeline`: a fleet on a timeline, every probe run at its own moment
 - `e2e_fleet`: real collector and agent processes (`probenet.lab`) with a fault table the
   tests edit
 - `deploy_queries`: every PromQL expression of the shipped dashboards and rules
