@@ -275,14 +275,16 @@ class DurableSpools:
     def restore(self, restored: Restored) -> int:
         """Queue every restored result for the spools that have not acknowledged it."""
         self.last_seq = restored.last_seq
+        # Decoded once and shared by every spool, as `ResultFanout` shares a live result.
+        results = [pb.ProbeResult.FromString(data) for _, data in restored.results]
         queued = 0
         for address, spool in self.spools.items():
             acked = restored.acked.get(address, 0)
             spool.ack(acked)
             spool.last_seq = max(spool.last_seq, acked)
-            for seq, data in restored.results:
-                if seq > acked:
-                    spool.add(pb.ProbeResult.FromString(data))
+            for result in results:
+                if result.seq > acked:
+                    spool.add(result)
                     queued += 1
         self._acks_written = {a: s.acked_seq for a, s in self.spools.items()}
         return queued

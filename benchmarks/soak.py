@@ -54,7 +54,7 @@ from probenet.lab.errors import ApiError, FleetError, LabError
 from probenet.lab.fleet import AgentSeat, Fleet, FleetPlan, ProbePlan, pick_free_port
 from probenet.lab.snapshot import OutageEntry, parse_entries
 from probenet.lab.targets import FaultMode, FaultyTargets
-from probenet.lifecycle import StopSignals
+from probenet.lifecycle import StopSignals, abandoned_on
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -753,21 +753,6 @@ class Soak:
         self.churn.reconnect_s.append(time.monotonic() - began)
 
 
-@contextlib.contextmanager
-def _abandoned_on(stop: asyncio.Event) -> Iterator[None]:
-    """While inside, `stop` cancels the current task (a Ctrl-C during the fleet's start)."""
-    task = asyncio.current_task()
-
-    async def cancel_on_stop() -> None:
-        await stop.wait()
-        if task is not None:
-            task.cancel()
-
-    watcher = asyncio.ensure_future(cancel_on_stop())
-    try:
-        yield
-    finally:
-        watcher.cancel()
 
 
 def _figures(options: SoakOptions, plan: FleetPlan, events: Sequence[ChurnEvent],
@@ -812,7 +797,7 @@ async def run(options: SoakOptions, stop: asyncio.Event, workdir: Path) -> dict[
           flush=True)
     soak: Soak | None = None
     async with contextlib.AsyncExitStack() as stack:
-        with _abandoned_on(stop):
+        with abandoned_on(stop):
             targets = await stack.enter_async_context(
                 FaultyTargets(board, tcp_probes=plan.tcp_probes))
             fleet = await stack.enter_async_context(

@@ -692,10 +692,12 @@ class Classifier:
                     agent.ok_ms = stamp
                     if agent.awaiting_ms and stamp >= agent.awaiting_ms:
                         self._alibi(agent, now)
-                if (pair.verdict == up and pair.fresh and not pair.first_fail_ms
-                        and not pair.region_state.down_memory
+                if (pair.verdict == up and pair.fresh and not pair.region_state.down_memory
                         and pair.probe_state.hold_until == 0.0):
-                    continue  # nothing but the sample changed
+                    # Nothing but the sample changed; a pending failure whose re-probe
+                    # passed ends its streak here (no vote read it: nothing to evaluate).
+                    pair.first_fail_ms = 0
+                    continue
                 self._on_success(pair, result, now)
             else:
                 pair.success = False

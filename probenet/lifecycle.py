@@ -6,6 +6,7 @@
 - `EnterOnce`: the guard each long-lived async context manager holds (scheduler, stream,
   servers, fleet, ...): entering twice raises "<Component> entered twice"; leaving is
   idempotent.
+- `abandoned_on`: a stop event that cancels a long start (the demo's and the soak's fleet).
 - `LifecycleError`: what the guard raises. Each package's own exception tree has a
   `LifecycleError` that subclasses it, so callers catch the package's error as usual.
 """
@@ -22,7 +23,7 @@ import threading
 from typing import TYPE_CHECKING, Literal, Self
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterator, Mapping
     from types import TracebackType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -171,3 +172,24 @@ def _flush_output() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stream.flush()
+
+
+@contextlib.contextmanager
+def abandoned_on(stop: asyncio.Event) -> Iterator[None]:
+    """While inside, `stop` cancels the current task (a start is abandoned, not finished).
+
+    For a start that can take long (a fleet coming up) and must end at once on a stop
+    signal: the cancellation unwinds whatever was started so far.
+    """
+    task = asyncio.current_task()
+
+    async def cancel_on_stop() -> None:
+        await stop.wait()
+        if task is not None:
+            task.cancel()
+
+    watcher = asyncio.ensure_future(cancel_on_stop())
+    try:
+        yield
+    finally:
+        watcher.cancel()

@@ -20,7 +20,7 @@ from probenet.lab.client import CollectorApi
 from probenet.lab.errors import ApiError, FleetError, LabError
 from probenet.lab.fleet import Fleet, FleetPlan, pick_free_port, port_is_free
 from probenet.lab.targets import FaultyTargets
-from probenet.lifecycle import StopSignals
+from probenet.lifecycle import StopSignals, abandoned_on
 
 from .errors import DemoError
 from .report import DemoEvent, DemoSummary, FleetObserver
@@ -215,21 +215,6 @@ def _print_fleet_failure(error: FleetError, out: TextIO) -> None:
         _say(error.log_tail, file=out)
 
 
-@contextlib.contextmanager
-def _abandoned_on(stop: asyncio.Event) -> Iterator[None]:
-    """While inside, `stop` cancels the current task (a start is abandoned, not finished)."""
-    task = asyncio.current_task()
-
-    async def cancel_on_stop() -> None:
-        await stop.wait()
-        if task is not None:
-            task.cancel()
-
-    watcher = asyncio.ensure_future(cancel_on_stop())
-    try:
-        yield
-    finally:
-        watcher.cancel()
 
 
 async def _run(options: DemoOptions, out: TextIO) -> int:
@@ -258,7 +243,7 @@ async def _run_until(stop_requested: asyncio.Event, options: DemoOptions, out: T
     try:
         with tempfile.TemporaryDirectory(prefix="probenet-demo-") as workdir:
             async with contextlib.AsyncExitStack() as stack:
-                with _abandoned_on(stop_requested):  # children started so far are stopped
+                with abandoned_on(stop_requested):  # children started so far are stopped
                     targets = await stack.enter_async_context(
                         FaultyTargets(policy, tcp_probes=plan.tcp_probes))
                     fleet = await stack.enter_async_context(
