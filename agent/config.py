@@ -29,7 +29,9 @@ starts, not here, so configs written for another host still pass `probenet check
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -66,9 +68,11 @@ from probenet.configfile import (
 from probenet.kinds import PROBE_KINDS, ProbeKind
 from probenet.names import MAX_LABEL_LENGTH
 
+from .jsonpath import JsonPath
+from .templates import Template, check_variable_name
+
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-    from pathlib import Path
+    from collections.abc import Iterator, Sequence
 
 __all__ = [
     "AgentConfig",
@@ -79,6 +83,10 @@ __all__ = [
     "CollectorTls",
     "ConfigError",
     "DnsOptions",
+    "ExtractRule",
+    "FlowOptions",
+    "FlowRequest",
+    "FlowStepSpec",
     "GrpcOptions",
     "HttpAuth",
     "HttpOptions",
@@ -88,6 +96,8 @@ __all__ = [
     "ProbeDefaults",
     "ProbeSpec",
     "SchedulerSettings",
+    "SecretSource",
+    "StepExpect",
     "StreamSettings",
     "TcpOptions",
     "TlsClientOptions",
@@ -327,6 +337,12 @@ def _check_status(value: str) -> str:
     return value
 
 
+def status_in(status: int, wanted: Sequence[str]) -> bool:
+    """Whether an HTTP status code matches one of `wanted` ("2xx" classes or "301" codes)."""
+    code = str(status)
+    return any(code == want or (want.endswith("xx") and code[0] == want[0]) for want in wanted)
+
+
 def _check_method(value: str) -> str:
     if not _HTTP_TOKEN.fullmatch(value):
         raise ValueError(f"invalid HTTP method {value!r}")
@@ -356,7 +372,8 @@ class HttpOptions(FrozenModel):
 
     @field_validator("headers")
     @classmethod
-    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+    def check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        """Header names are HTTP tokens; values hold no line break."""
         for key, text in value.items():
             if not _HTTP_TOKEN.fullmatch(key):
                 raise ValueError(f"invalid header name {key!r}")
@@ -366,9 +383,7 @@ class HttpOptions(FrozenModel):
 
     def status_matches(self, status: int) -> bool:
         """Whether an HTTP status code satisfies `expect_status`."""
-        code = str(status)
-        return any(code == want or (want.endswith("xx") and code[0] == want[0])
-                   for want in self.expect_status)
+        return status_in(status, self.expect_status)
 
 
 class TcpOptions(FrozenModel):
@@ -434,9 +449,226 @@ class GrpcOptions(FrozenModel):
     tls: TlsClientOptions | None = None
 
 
+# --------------------------------------------------------------------------- flow options
+
+MAX_FLOW_STEPS = 50
+"""The most steps a flow may have (the collector's default limits.max_flow_steps)."""
+
+
+def _check_template(value: str) -> str:
+    Template.parse(value)
+    return value
+
+
+def _check_json_path(value: str) -> str:
+    JsonPath.parse(value)
+    return value
+
+
+def _check_step_url(value: str) -> str:
+    """A step URL: a path relative to the probe's target, or an absolute http(s) URL."""
+    template = Template.parse(value)
+    if any(char in value for char in "\r\n\t "):
+        raise ValueError(f"invalid URL {value!r}: no spaces or line breaks (percent-encode them)")
+    # Absolute when it starts with a scheme: a relative URL may hold "://" in its query.
+    scheme = _URL_SCHEME.match(template.parts[0])
+    if scheme is not None:
+        if template.is_constant:
+            return _check_url(value)
+        if scheme.group(1).lower() not in {"http", "https"}:
+            raise ValueError(f"invalid URL {value!r}: the scheme must be http or https")
+    return value
+
+
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+TemplateText = Annotated[str, AfterValidator(_check_template)]
+"""Text in which `${name}` stands for a variable or secret (agent/templates.py)."""
+JsonPathText = Annotated[str, AfterValidator(_check_json_path)]
+"""A JSON path like `$.user.name` or `$.items[0]['id']` (agent/jsonpath.py)."""
+VariableName = Annotated[str, AfterValidator(check_variable_name)]
+
+
+class SecretSource(FrozenModel):
+    """Where a secret's value is read from: a file (its text, stripped) or an env variable.
+
+    Read when the agent loads its config; never logged, sent to a collector or exported.
+    """
+
+    file: str | None = None
+    env: str | None = None
+
+    @field_validator("file")
+    @classmethod
+    def _resolve_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return resolve_path(value, info.context)
+
+    @field_validator("env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"invalid environment variable name {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _one(self) -> SecretSource:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("set exactly one of file or env")
+        return self
+
+
+def _check_form(value: dict[str, str]) -> dict[str, str]:
+    for key, text in value.items():
+        _check_template(key)
+        _check_template(text)
+    return value
+
+
+class FlowRequest(FrozenModel):
+    """The request of one flow step; `${name}` works in url, headers, query, body, json, form."""
+
+    method: Annotated[str, AfterValidator(_check_method)] = "GET"
+    # Relative to the probe's target (`/login`, `login?next=/`), or an absolute http(s) URL.
+    url: Annotated[str, AfterValidator(_check_step_url)] = ""
+    headers: dict[str, TemplateText] = Field(default_factory=dict)
+    # Added to the URL's query string, percent-encoded after substitution.
+    query: Annotated[dict[str, str], AfterValidator(_check_form)] = Field(default_factory=dict)
+    # One of: raw text, a JSON document (strings inside may hold ${name}), or form fields.
+    body: TemplateText | None = None
+    json_body: Any = Field(default=None, alias="json")
+    form: Annotated[dict[str, str], AfterValidator(_check_form)] | None = None
+    follow_redirects: bool = True
+    max_redirects: int = Field(default=10, ge=0, le=100)
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return HttpOptions.check_headers(value)
+
+    @field_validator("json_body")
+    @classmethod
+    def _json_templates(cls, value: Any) -> Any:
+        for text in _json_strings(value):
+            _check_template(text)
+        return value
+
+    @model_validator(mode="after")
+    def _one_body(self) -> FlowRequest:
+        given = [key for key, value in (("body", self.body), ("json", self.json_body),
+                                        ("form", self.form)) if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"set one of body, json or form, not {' and '.join(given)}")
+        return self
+
+
+def _json_strings(value: Any) -> list[str]:
+    """Every string (keys included) of a JSON-like value."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict):
+            found.extend(str(k) for k in item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+class JsonExists(FrozenModel):
+    """`{exists: true}` (the path must lead to a value) or `{exists: false}` (must not)."""
+
+    exists: bool
+
+
+class StepExpect(FrozenModel):
+    """What a step's final response must show; the step fails at the first unmet one."""
+
+    status: list[Annotated[str, AfterValidator(_check_status)]] = Field(
+        default_factory=lambda: ["2xx", "3xx"], min_length=1)
+    body_regex: Regex | None = None
+    body_not_regex: Annotated[list[Regex], BeforeValidator(_as_list)] = Field(
+        default_factory=list)
+    # JSON path -> the value it must equal, or {exists: true|false}.
+    json_checks: dict[JsonPathText, Any] = Field(default_factory=dict, alias="json")
+    # Header name -> regex its value must match (a missing header fails).
+    headers: dict[str, Regex] = Field(default_factory=dict)
+    max_duration: PositiveDuration | None = None
+
+    @field_validator("json_checks")
+    @classmethod
+    def _exists_form(cls, value: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for path, want in value.items():
+            if isinstance(want, dict) and "exists" in want:
+                out[path] = JsonExists.model_validate(want)
+            else:
+                out[path] = want
+        return out
+
+    def status_matches(self, status: int) -> bool:
+        """Whether an HTTP status code satisfies `status`."""
+        return status_in(status, self.status)
+
+
+class ExtractRule(FrozenModel):
+    """Where a step takes a variable from: exactly one source."""
+
+    # The first group of the first match (the whole match without a group).
+    body_regex: Regex | None = None
+    json_path: JsonPathText | None = Field(default=None, alias="json")
+    header: str | None = None
+    cookie: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ExtractRule:
+        given = [key for key, value in (("body_regex", self.body_regex),
+                                        ("json", self.json_path), ("header", self.header),
+                                        ("cookie", self.cookie)) if value is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of body_regex, json, header or cookie"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+
+class FlowStepSpec(FrozenModel):
+    """One step of a flow: a request, what its response must show, what to take from it."""
+
+    name: Name
+    request: FlowRequest = Field(default_factory=FlowRequest)
+    expect: StepExpect = Field(default_factory=StepExpect)
+    extract: dict[VariableName, ExtractRule] = Field(default_factory=dict)
+    # The step's own deadline, inside the probe's timeout (default: what is left of it).
+    timeout: PositiveDuration | None = None
+
+
+class FlowOptions(FrozenModel):
+    """Options of a `flow` probe: steps run in order with one cookie jar."""
+
+    variables: dict[VariableName, str] = Field(default_factory=dict)
+    secrets: dict[VariableName, SecretSource] = Field(default_factory=dict)
+    steps: list[FlowStepSpec] = Field(min_length=1, max_length=MAX_FLOW_STEPS)
+    # Sent with every step (a step's own headers win).
+    headers: dict[str, TemplateText] = Field(default_factory=dict)
+    tls: TlsClientOptions | None = None
+    ip_family: IpFamily | None = None
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return HttpOptions.check_headers(value)
+
+
 _OPTION_MODELS: dict[str, type[FrozenModel]] = {
     "http": HttpOptions, "tcp": TcpOptions, "dns": DnsOptions,
-    "icmp": IcmpOptions, "tls": TlsOptions, "grpc": GrpcOptions,
+    "icmp": IcmpOptions, "tls": TlsOptions, "grpc": GrpcOptions, "flow": FlowOptions,
 }
 
 
@@ -474,6 +706,7 @@ class ProbeSpec(FrozenModel):
     icmp: IcmpOptions | None = None
     tls: TlsOptions | None = None
     grpc: GrpcOptions | None = None
+    flow: FlowOptions | None = None
 
     # Which of interval/timeout/confirm_delay the file set on the probe itself.
     _explicit: frozenset[str] = PrivateAttr(default=frozenset())
@@ -482,7 +715,7 @@ class ProbeSpec(FrozenModel):
     @classmethod
     def _target(cls, value: str, info: ValidationInfo) -> str:
         kind = info.data.get("kind")
-        if kind == "http":
+        if kind in {"http", "flow"}:
             return _check_url(value)
         if kind in {"tcp", "tls", "grpc"}:
             return check_host_port(value)
@@ -692,8 +925,138 @@ def _probe_kind_limits(config: AgentConfig) -> list[tuple[Path_, str]]:
     return found
 
 
+def _flow_templates(step: FlowStepSpec) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """(path inside the step, text) of every template of the step's own request."""
+    request = step.request
+    yield ("request", "url"), request.url
+    for name, text in request.headers.items():
+        yield ("request", "headers", name), text
+    for name, text in request.query.items():
+        yield ("request", "query", name), name
+        yield ("request", "query", name), text
+    if request.body is not None:
+        yield ("request", "body"), request.body
+    for text in _json_strings(request.json_body):
+        yield ("request", "json"), text
+    for name, text in (request.form or {}).items():
+        yield ("request", "form", name), name
+        yield ("request", "form", name), text
+
+
+def _flow_step_problems(probe: ProbeSpec, flow: FlowOptions, number: int, known: set[str],
+                        ) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """A step's references to undefined names, extractions over secrets, timeouts too long."""
+    step = flow.steps[number]
+    for path, text in _flow_templates(step):
+        yield from (((*path,), (f"step {step.name!r}: ${{{name}}} is not defined: set it in "
+                                "variables or secrets, or extract it in an earlier step"))
+                    for name in Template.parse(text).names if name not in known)
+    yield from ((("extract", name), f"step {step.name!r}: {name!r} would overwrite a secret")
+                for name in step.extract if name in flow.secrets)
+    if step.timeout is not None and step.timeout > probe.timeout:
+        yield ("timeout",), (
+            f"step {step.name!r}: timeout ({format_duration(step.timeout)}) exceeds the "
+            f"probe's timeout ({format_duration(probe.timeout)})")
+    if step.expect.max_duration is not None and step.expect.max_duration > probe.timeout:
+        yield ("expect", "max_duration"), (
+            f"step {step.name!r}: max_duration exceeds the probe's timeout "
+            f"({format_duration(probe.timeout)}): it could never fail")
+
+
+def _flow_references(config: AgentConfig) -> list[tuple[Path_, str]]:
+    """Flows: every `${name}` defined before its step, names unique, timeouts that fit."""
+    found: list[tuple[Path_, str]] = []
+    for index, probe in enumerate(config.probes):
+        flow = probe.flow
+        if flow is None:
+            continue
+        at: Path_ = ("probes", index, "flow")
+        found.extend(((*at, "secrets", name),
+                      f"{name!r} is both a variable and a secret: rename one")
+                     for name in sorted(flow.secrets.keys() & flow.variables.keys()))
+        known = set(flow.variables) | set(flow.secrets)
+        first_at: dict[str, int] = {}
+        undefined_in_headers: set[tuple[str, str]] = set()
+        for number, step in enumerate(flow.steps):
+            where: Path_ = (*at, "steps", number)
+            if step.name in first_at:
+                found.append(((*where, "name"), (f"duplicate step name {step.name!r} (first "
+                                                f"at steps[{first_at[step.name]}])")))
+            first_at.setdefault(step.name, number)
+            found.extend(((*where, *path), message)
+                         for path, message in _flow_step_problems(probe, flow, number, known))
+            found.extend(((*at, "headers", header), message) for header, message in
+                         _flow_header_problems(flow, step, known, undefined_in_headers))
+            known.update(step.extract)
+    return found
+
+
+def _flow_header_problems(flow: FlowOptions, step: FlowStepSpec, known: set[str],
+                          reported: set[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """(header, message): the flow's headers sent by `step` that use a name not yet defined.
+
+    Each (header, name) is reported once, at the flow's `headers`, for the first step that
+    sends it undefined (a step's own header of the same name replaces the flow's).
+    """
+    own = {key.lower() for key in step.request.headers}
+    for header, text in flow.headers.items():
+        if header.lower() in own:
+            continue
+        for name in Template.parse(text).names:
+            if name not in known and (header, name) not in reported:
+                reported.add((header, name))
+                yield header, (f"header {header!r}: ${{{name}}} is not defined for step "
+                               f"{step.name!r}: set it in variables or secrets, or extract "
+                               "it in an earlier step")
+
+
+def flow_secret_problems(config: AgentConfig) -> list[tuple[Path_, str]]:
+    """Flow secrets that cannot be read here (a missing file, an unset variable).
+
+    Unlike other files (checked when the agent starts), `probenet check` reports these:
+    a flow without its credential fails every run at its login step, which would look like
+    an outage of the target.
+    """
+    found: list[tuple[Path_, str]] = []
+    for index, probe in enumerate(config.probes):
+        if probe.flow is None:
+            continue
+        for name, source in probe.flow.secrets.items():
+            where: Path_ = ("probes", index, "flow", "secrets", name)
+            problem = secret_problem(source)
+            if problem is not None:
+                found.append(((*where, "file" if source.file is not None else "env"),
+                              f"secret {name!r}: {problem}"))
+    return found
+
+
+def read_secret(source: SecretSource) -> str:
+    """The secret's value (a file's text without surrounding whitespace); ValueError."""
+    if source.env is not None:
+        value = os.environ.get(source.env)
+        if value is None:
+            raise ValueError(f"environment variable {source.env} is not set")
+        return value
+    assert source.file is not None
+    try:
+        return Path(source.file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {source.file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read {source.file}: not UTF-8 text") from None
+
+
+def secret_problem(source: SecretSource) -> str | None:
+    """Why the secret cannot be read, or None (the value itself is never returned)."""
+    try:
+        value = read_secret(source)
+    except ValueError as exc:
+        return str(exc)
+    return None if value else "the secret is empty"
+
+
 CHECKS: tuple[CrossCheck, ...] = (_unique_names, _timeout_below_interval, _backoff_order,
-                                  _probe_kind_limits)
+                                  _probe_kind_limits, _flow_references, flow_secret_problems)
 
 
 def load_config(path: str | Path, *, checks: Sequence[CrossCheck] = ()) -> AgentConfig:

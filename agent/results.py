@@ -27,7 +27,7 @@ PHASES: dict[str, pb.Phase.ValueType] = {
 
 _DETAIL_FIELDS: dict[type, str] = {
     pb.HttpDetails: "http", pb.DnsDetails: "dns", pb.IcmpDetails: "icmp",
-    pb.TlsDetails: "tls", pb.GrpcDetails: "grpc",
+    pb.TlsDetails: "tls", pb.GrpcDetails: "grpc", pb.FlowDetails: "flow",
 }
 
 
@@ -44,7 +44,8 @@ def to_wire(spec: ProbeSpec, outcome: ProbeOutcome, *, confirmed: bool,
         phases=[pb.PhaseDuration(name=name, seconds=seconds)
                 for name, seconds in outcome.phases.items()],
         status_code=outcome.status_code, timestamp_ms=timestamp_ms,
-        interval_ms=round(spec.interval * 1000), address=outcome.address)
+        interval_ms=round(spec.interval * 1000), address=outcome.address,
+        step=outcome.step)
     details = outcome.details
     if details is not None:
         field = _DETAIL_FIELDS.get(type(details))

@@ -49,6 +49,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _inputs_changed(probe: Probe) -> bool:
+    """Whether a probe's inputs outside its config (a secret file) changed since its build."""
+    check = getattr(probe, "inputs_changed", None)
+    return bool(check()) if check is not None else False
+
 
 @dataclass(eq=False)
 class ScheduledProbe:
@@ -246,7 +251,7 @@ class Scheduler:
         built: dict[str, Probe] = {}
         for spec in specs:
             old = self.probes.get(spec.name)
-            if old is None or not old.spec.same_probe(spec):
+            if old is None or not old.spec.same_probe(spec) or _inputs_changed(old.probe):
                 built[spec.name] = self._build(spec)
         counts = {"kept": 0, "changed": 0, "added": 0, "removed": 0}
         wanted = {spec.name for spec in specs}

@@ -8,7 +8,8 @@ Everything runs on loopback. CPU 1 hosts the targets (a plain HTTP/1.1 server an
 CPU 0 hosts the system under test, one at a time:
 
 1. `probenet agent` (a real agent process, config written to a temp dir) with `--probes`
-   probes of one kind at an interval short enough to saturate one core, every result
+   probes of one kind (http, tcp, and a three-step `flow` journey whose cost is quoted per
+   step next to single http probes) at an interval short enough to saturate one core, every result
    streamed to the collector. Probes completed come from the agent's own
    `probenet_agent_probe_runs_total`, CPU seconds of the agent process from /proc.
    The same run again with `buffer: {disk: false}` (memory only) measures what the disk
@@ -129,10 +130,28 @@ asyncio.run(main())
 
 # -- the agent under test ----------------------------------------------------------------------
 
+# A three-step journey against the plain target (every path answers 200 "ok"): a GET, a
+# form POST carrying a variable and a secret (so substitution and redaction are paid for),
+# a GET checking the body. Each run is FLOW_STEPS requests on fresh connections.
+FLOW_STEPS = 3
+FLOW_OPTIONS = (
+    "{variables: {user: bench}, secrets: {password: {env: BENCH_FLOW_PASSWORD}}, steps: ["
+    "{name: home, expect: {status: ['200']}}, "
+    "{name: login, request: {method: POST, url: login, form: {user: '${user}', "
+    "password: '${password}'}}, expect: {status: ['2xx']}}, "
+    "{name: feed, request: {url: feed}, expect: {status: ['200'], body_regex: ok}}]}")
+
+
 def agent_yaml(kind: str, target: str, probes: int, *, interval: str, collector: str,
                metrics_port: int, disk: bool = True) -> str:
-    lines = [f"  - {{name: {kind}-{i}, kind: {kind}, target: '{target}'}}"
-             for i in range(probes)]
+    if kind == "flow":
+        lines = [(f"  - {{name: flow-0, kind: flow, target: '{target}', flow: &flow "
+                 f"{FLOW_OPTIONS}}}")]
+        lines += [f"  - {{name: flow-{i}, kind: flow, target: '{target}', flow: *flow}}"
+                  for i in range(1, probes)]
+    else:
+        lines = [f"  - {{name: {kind}-{i}, kind: {kind}, target: '{target}'}}"
+                 for i in range(probes)]
     return "\n".join([
         "agent: {id: bench-1, region: bench}",
         f"collectors: [{{address: '{collector}'}}]",
@@ -175,11 +194,12 @@ async def measure_agent(kind: str, target: str, args: argparse.Namespace, *, col
                         folder: Path, uvloop: bool, disk: bool = True) -> dict[str, float]:
     port = free_port()
     config = folder / f"agent-{kind}.yaml"
-    rate = args.http_rate if kind == "http" else args.tcp_rate
+    rate = {"http": args.http_rate, "tcp": args.tcp_rate,
+            "flow": args.http_rate // FLOW_STEPS}[kind]
     write_text(config, agent_yaml(kind, target, rate, interval="1s", collector=collector,
                                  metrics_port=port, disk=disk))
     log = folder / f"agent-{kind}.log"
-    env = dict(os.environ)
+    env = dict(os.environ, BENCH_FLOW_PASSWORD="bench-secret")
     if not uvloop:
         env["PROBENET_NO_UVLOOP"] = "1"
     proc = spawn(probenet("agent", "--config", str(config), "--log-level", "warning"),
@@ -360,12 +380,20 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 if HAS_BLACKBOX:
                     figures[f"blackbox_{kind}"] = await measure_blackbox(kind, target, args,
                                                                          folder)
+            # A journey's cost per step, next to single http probes on the same target.
+            figures["agent_flow"] = await measure_agent(
+                "flow", http_target, args, collector=f"127.0.0.1:{grpc_port}", folder=folder,
+                uvloop=False)
             figures["idle"] = await measure_idle_rss(f"127.0.0.1:{grpc_port}", folder,
                                                      args.idle_probes)
         finally:
             stop(collector)
             targets.kill()
             targets.wait()
+    flow, http = figures.get("agent_flow"), figures.get("agent_http")
+    if flow and http and http["probes_per_cpu_s"] > 0:
+        flow["steps_per_cpu_s"] = flow["probes_per_cpu_s"] * FLOW_STEPS
+        figures["ratio_flow_step_http"] = flow["steps_per_cpu_s"] / http["probes_per_cpu_s"]
     for kind in ("http", "tcp"):
         black = figures.get(f"blackbox_{kind}")
         for suffix in ("", "_uvloop"):
@@ -390,6 +418,15 @@ def print_table(figures: dict[str, Any]) -> None:
         if disk and memory and memory["probes_per_cpu_s"] > 0:
             print(f"{'disk_' + kind:<22} probes per CPU-second with the disk spool / memory "
                   f"only = {disk['probes_per_cpu_s'] / memory['probes_per_cpu_s']:.2f}")
+    flow = figures.get("agent_flow")
+    if flow:
+        print(f"{'agent_flow':<22} {flow['probes_per_s']:>10.0f} {flow['cpu_s_per_1000']:>11.3f} "
+              f"{flow['probes_per_cpu_s']:>13.0f} {flow['failures']:>9.0f}   "
+              f"({FLOW_STEPS} steps per run)")
+    if "ratio_flow_step_http" in figures:
+        print(f"{'flow_step':<22} flow steps per CPU-second = "
+              f"{figures['agent_flow']['steps_per_cpu_s']:.0f}, / http probes per "
+              f"CPU-second = {figures['ratio_flow_step_http']:.2f}")
     for key in ("ratio_http", "ratio_http_uvloop", "ratio_tcp", "ratio_tcp_uvloop"):
         if key in figures:
             print(f"{key:<22} agent/blackbox probes per CPU-second = {figures[key]:.2f}")

@@ -33,6 +33,11 @@ Points settled here (DESIGN.md and the lead's notes leave them open):
 - Recovery counts up results from counted agents of the region: a region with two agents
   can recover within one interval. A (weak) down vote in between restarts the count.
 - A resolved probe record keeps the regions it last named (`regions_ever` has them all).
+- A record's failure is the (phase, reason, step) seen most, one triple: `step` is the failing
+  step of a `flow` probe's results (None for other kinds, whatever their results carry), so
+  "login fails with a 500" is not mixed up with "the home page times out". A service record
+  takes the triple most of its probes' records show. A probe's view (/api/v1/targets, the
+  retained MQTT state) shows the step of its open record, and changes with it.
 """
 
 from __future__ import annotations
@@ -83,7 +88,7 @@ class ResultLike(Protocol):
 
     @property
     def kind(self) -> str:
-        """http, tcp, dns, icmp, tls or grpc."""
+        """http, tcp, dns, icmp, tls, grpc or flow."""
 
     @property
     def service(self) -> str:
@@ -108,6 +113,13 @@ class ResultLike(Protocol):
     @property
     def reason(self) -> str:
         """Machine-readable failure reason, "" on success."""
+
+    @property
+    def step(self) -> str:
+        """For a failed `flow` result: the failing step's name ("" otherwise).
+
+        Read only from failures of kind `flow` (look-alikes of other kinds need not have it).
+        """
 
     @property
     def duration_seconds(self) -> float:
@@ -212,11 +224,12 @@ _OUTAGE_STATES = frozenset({TargetState.REGIONAL_OUTAGE, TargetState.GLOBAL_OUTA
 # (agent clock badly off); the receipt time stands in for it.
 _CLOCK_TRUST_S = 60.0
 
-_FailureKey = tuple[str | None, str | None]  # (phase, reason)
+_FailureKey = tuple[str | None, str | None, str | None]  # (phase, reason, step)
+_FLOW = "flow"  # the one kind whose failures name a step
 
 
 def _most_seen(counts: Mapping[_FailureKey, int],
-               default: _FailureKey = (None, None)) -> _FailureKey:
+               default: _FailureKey = (None, None, None)) -> _FailureKey:
     """The failure counted most (the first one counted on a tie); `default` when none is."""
     return max(counts, key=counts.__getitem__, default=default)
 
@@ -425,14 +438,14 @@ def _settle(regions: Iterable[_RegionState], *, corroborated: bool,
 
 
 class _ProbeOutage:
-    """The open probe record and the failure (phase, reason) counts behind its phase/reason."""
+    """The open probe record and the failure (phase, reason, step) counts behind them."""
 
     __slots__ = ("counts", "record", "top")
 
     def __init__(self, record: OutageRecord, counts: dict[_FailureKey, int]) -> None:
         self.record = record
         self.counts = counts
-        self.top: _FailureKey = _most_seen(counts, (record.phase, record.reason))
+        self.top: _FailureKey = _most_seen(counts, (record.phase, record.reason, record.step))
 
 
 class _Probe:
@@ -448,6 +461,7 @@ class _Probe:
         "outage",
         "regions",
         "service",
+        "shown_step",
         "state",
         "target",
         "up_since",
@@ -467,6 +481,13 @@ class _Probe:
         # While > 0: a regional record waits (until then) for up regions to report (scope).
         self.hold_until = 0.0
         self.up_since = 0.0  # when the probe last turned up (a flapping record ends there)
+        self.shown_step: str | None = None  # `step` of the last TargetChange emitted
+
+    @property
+    def step(self) -> str | None:
+        """The failing step of the probe's open outage (a flow probe's), else None."""
+        outage = self.outage
+        return None if outage is None else outage.record.step
 
     def region(self, name: str) -> _RegionState:
         """The probe's state in region `name`, created on first use."""
@@ -493,6 +514,7 @@ class _Probe:
             state=self.state,
             regions={name: self.regions[name].verdict for name in sorted(self.regions)},
             flapping=self.flapping,
+            step=self.step,
         )
 
 
@@ -504,6 +526,7 @@ class _Pair(PairSample):
         "confirm_ms",
         "fail_phase",
         "fail_reason",
+        "fail_step",
         "first_fail_at",
         "first_fail_ms",
         "fresh",
@@ -530,6 +553,7 @@ class _Pair(PairSample):
         self.first_fail_at = 0.0  # collector clock of the same
         self.fail_phase = 0  # latest failure's phase index and reason
         self.fail_reason = ""
+        self.fail_step = ""  # a flow's failing step (always "" for other kinds)
         self.confirm_ms = 0  # agent clock of the confirmed failure that made the pair down
 
 
@@ -614,7 +638,7 @@ class Classifier:
                 self._service_probes.setdefault(record.service, set()).add(probe.name)
             for name in record.regions:
                 probe.region(name).down_memory = True
-            probe.outage = _ProbeOutage(record, {(record.phase, record.reason): 1})
+            probe.outage = _ProbeOutage(record, {(record.phase, record.reason, record.step): 1})
             return True
         side = _SideRecord(record, restored=True)
         if kind is OutageKind.SERVICE and record.service:
@@ -841,7 +865,7 @@ class Classifier:
         pair.target = probe.target if target == probe.target else target
         pair.kind = probe.kind if kind == probe.kind else kind
         if changed:
-            self._transitions.append(TargetChange(probe.view(), now))
+            self._emit_view(probe, now)
 
     def _on_success(self, pair: _Pair, result: ResultLike, now: float) -> None:
         """Slow path of a success: the verdict becomes (or stays) up."""
@@ -859,7 +883,8 @@ class Classifier:
         """A failure: pending (unconfirmed) or down (confirmed); counted for an open outage."""
         probe = pair.probe_state
         phase, reason = result.failed_phase, result.reason
-        pair.fail_phase, pair.fail_reason = phase, reason
+        step = result.step if result.kind == _FLOW else ""
+        pair.fail_phase, pair.fail_reason, pair.fail_step = phase, reason, step
         if pair.first_fail_ms == 0:
             stamp = result.timestamp_ms
             pair.first_fail_ms = stamp if stamp > 0 else -1
@@ -869,7 +894,8 @@ class Classifier:
         outage = probe.outage
         if (outage is not None and pair.region_state.verdict is _V_DOWN
                 and pair.agent_state.counted):
-            self._count_failure(probe, outage, (phase_name(phase), reason or None), now)
+            self._count_failure(probe, outage, (phase_name(phase), reason or None, step or None),
+                                now)
         agent = pair.agent_state
         if result.confirmed:
             old_verdict = pair.verdict
@@ -1114,7 +1140,7 @@ class Classifier:
                 probe.up_since = now
             self._note_state_change(probe, state, now)
         if changed:
-            self._transitions.append(TargetChange(probe.view(), now))
+            self._emit_view(probe, now)
         self._reconcile_outage(probe, now, changed=changed)
 
     def _note_state_change(self, probe: _Probe, state: TargetState, now: float) -> None:
@@ -1148,7 +1174,7 @@ class Classifier:
         quiet = not changes or now - changes[-1] >= params.flap_window_s / 6
         if probe.flapping and (quiet or len(changes) <= params.flap_max_changes // 2):
             probe.flapping = False
-            self._transitions.append(TargetChange(probe.view(), now))
+            self._emit_view(probe, now)
             self._reconcile_outage(probe, now, changed=True)
         if not changes and not probe.flapping:
             self._flap_watch.discard(probe.name)
@@ -1178,6 +1204,7 @@ class Classifier:
             ended = probe.up_since if outage.record.flapping and probe.up_since else now
             record = outage.record.with_flapping(False).ended(ended)
             self._emit_outage(OutageEvent.RESOLVED, record, now)
+            self._show_step(probe, now)
             if record.service:
                 self._reconcile_service(record.service, now)
         elif outage is not None and changed:
@@ -1265,16 +1292,17 @@ class Classifier:
         counts: dict[_FailureKey, int] = {}
         started = now
         for pair in self._failing_pairs(probe):
-            key = (phase_name(pair.fail_phase), pair.fail_reason or None)
+            key = (phase_name(pair.fail_phase), pair.fail_reason or None, pair.fail_step or None)
             counts[key] = counts.get(key, 0) + 1
             started = min(started, self._first_failure_s(pair))
-        phase, reason = _most_seen(counts)
+        phase, reason, step = _most_seen(counts)
         record = OutageRecord.probe_outage(
             self._new_id(), probe.name, service=probe.service, scope=probe.outage_scope(),
-            regions=probe.down_regions(), phase=phase, reason=reason, started_at=started,
-            detected_at=now)
+            regions=probe.down_regions(), phase=phase, reason=reason, step=step,
+            started_at=started, detected_at=now)
         probe.outage = _ProbeOutage(record, counts)
         self._emit_outage(OutageEvent.OPENED, record, now)
+        self._show_step(probe, now)
         if probe.service:
             self._reconcile_service(probe.service, now)
 
@@ -1300,6 +1328,7 @@ class Classifier:
         outage.record = record
         event = OutageEvent.SCOPE_CHANGED if scope is not old.scope else OutageEvent.UPDATED
         self._emit_outage(event, record, now)
+        self._show_step(probe, now)
         if record.service:
             self._reconcile_service(record.service, now)
 
@@ -1334,20 +1363,21 @@ class Classifier:
         regions = {name for r in open_records for name in r.regions}
         failures: dict[_FailureKey, int] = {}
         for r in open_records:
-            failures[r.phase, r.reason] = failures.get((r.phase, r.reason), 0) + 1
-        phase, reason = _most_seen(failures)
+            key = (r.phase, r.reason, r.step)
+            failures[key] = failures.get(key, 0) + 1
+        phase, reason, step = _most_seen(failures)
         if side is None:
             record = OutageRecord.service_outage(
                 self._new_id(), service, probes=members, scope=scope, regions=regions,
                 regions_ever={name for r in open_records for name in r.regions_ever},
-                phase=phase, reason=reason,
+                phase=phase, reason=reason, step=step,
                 started_at=min(r.started_at for r in open_records), detected_at=now)
             self._services[service] = _SideRecord(record)
             self._emit_outage(OutageEvent.OPENED, record, now)
             return
         old = side.record
         record = (old.with_probes(members).with_scope(scope).with_regions(regions)
-                  .with_failure(phase, reason))
+                  .with_failure(phase, reason, step))
         if record != old:
             side.record = record
             event = OutageEvent.SCOPE_CHANGED if scope is not old.scope else OutageEvent.UPDATED
@@ -1424,3 +1454,18 @@ class Classifier:
 
     def _emit_outage(self, event: OutageEvent, record: OutageRecord, now: float) -> None:
         self._transitions.append(OutageTransition(event, record, now))
+
+    def _emit_view(self, probe: _Probe, now: float) -> None:
+        """A TargetChange carrying the probe's view now (the retained MQTT state)."""
+        view = probe.view()
+        probe.shown_step = view.step
+        self._transitions.append(TargetChange(view, now))
+
+    def _show_step(self, probe: _Probe, now: float) -> None:
+        """A TargetChange when the step of the probe's open outage is not the one last shown.
+
+        The view's `step` follows the outage record, which opens, changes and resolves after
+        the view's own TargetChange: only flow probes ever differ (others' step is None).
+        """
+        if probe.step != probe.shown_step:
+            self._emit_view(probe, now)

@@ -9,7 +9,7 @@
     mqtt: {url, topic_prefix, qos, ...}             # optional
     limits: {max_message_bytes, max_batch_results, hello_timeout, max_agents,
              max_unregistered_agents, max_probes_per_agent, max_target_length,
-             max_reason_length, max_label_value_length, max_result_bytes}
+             max_reason_length, max_label_value_length, max_result_bytes, max_flow_steps}
     collector_id: <hostname>
     tick: 1s
     shutdown_grace: 5s
@@ -215,7 +215,8 @@ class LimitsConfig(FrozenModel):
     `probenet_ingest_rejections_total{reason}`: a stream over an agent limit is refused
     (`too_many_agents`, gRPC RESOURCE_EXHAUSTED: the agent retries with its backoff); a
     result over a per-result limit is dropped but acknowledged (`too_many_probes`,
-    `field_too_long`, `result_too_large`), and the agent's other results are applied.
+    `field_too_long`, `result_too_large`, `too_many_steps`), and the agent's other results
+    are applied.
     """
 
     max_message_bytes: int = Field(4 * MIB, ge=64 * 1024, le=256 * MIB)
@@ -239,13 +240,20 @@ class LimitsConfig(FrozenModel):
     max_reason_length: int = Field(64, ge=8, le=1024)
     # Characters of the other agent-supplied label values: agent id, region and version in
     # Hello, Hello label values (the shared name and label rule caps them at 128 already;
-    # this can only lower it), and a result's service.
+    # this can only lower it), a result's service, and a `flow` result's step names (its
+    # failing `step` and the name of each step in its details).
     max_label_value_length: int = Field(MAX_LABEL_LENGTH, ge=8, le=MAX_LABEL_LENGTH)
     # Serialized bytes of one result, kept per (agent, probe) pair for the per-kind metrics
     # until the next scrape decodes them: this bounds the error text, the address and the
     # details (a real agent's result is well under 1 KiB; it cuts its error at 512 chars).
     # Checked where result bytes are kept (per-kind details on).
     max_result_bytes: int = Field(16 * 1024, ge=1024, le=256 * MIB)
+    # Steps of one `flow` result (the steps that ran, and the steps configured): each step
+    # that ran is a series of probenet_step_success and probenet_step_duration_seconds per
+    # agent, so this bounds a flow probe's series (`too_many_steps` beyond). Step names are
+    # label values: max_label_value_length bounds them (`field_too_long`). The agent's
+    # config allows 50.
+    max_flow_steps: int = Field(50, ge=1, le=1000)
     # Characters of a result's error text (the agent cuts its own at 512) and of its probed
     # address (which max_target_length bounds): `field_too_long` beyond.
     max_error_length: int = Field(4096, ge=64, le=MIB)

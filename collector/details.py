@@ -33,6 +33,14 @@ has one:
 | probenet_icmp_rtt_seconds | stat: min, avg, max, stddev | icmp, when a reply came |
 | probe_grpc_healthcheck_response | serving_status (see below) | grpc: 1 for the current |
 
+A `flow` result's steps have two families of their own, labelled (probe, step, region,
+agent): `probenet_step_success` (0/1) and `probenet_step_duration_seconds`, one series each
+per step that ran in the pair's latest result (steps after a failing one did not run: no
+series). The ingest bounds a flow's steps (`limits.max_flow_steps`) and step names
+(`limits.max_label_value_length`) and refuses repeated or empty names; the decode leaves out
+a step whose name is empty or repeated anyway, and the steps of flow details on a result of
+another kind (`flow_steps`), and a step duration out of contract (`step_seconds`).
+
 `serving_status` takes UNKNOWN, SERVING, NOT_SERVING and SERVICE_UNKNOWN, one series each,
 1 for the current status and 0 for the others, as blackbox_exporter does.
 
@@ -56,9 +64,10 @@ from google.protobuf.message import DecodeError
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from probenet.names import MAX_LABEL_LENGTH
 from probenet.v1 import probenet_pb2 as pb
 
-from .metrics import PAIR_LABELS, FamilySpec
+from .metrics import PAIR_LABELS, STEP_LABELS, FamilySpec
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
@@ -86,6 +95,8 @@ _MAX_LABEL_CHARS = 64
 # highest HTTP version taken for one.
 MAX_SECONDS = 86_400.0
 _MAX_HTTP_VERSION = 10.0
+# The most steps a flow's facts keep (the ingest's `limits.max_flow_steps` is lower).
+MAX_FLOW_STEPS = 1000
 
 Phases = tuple[tuple[str, float], ...]
 
@@ -128,6 +139,12 @@ ICMP_RTT = _pair_gauge("probenet_icmp_rtt_seconds", "Echo round-trip time statis
 GRPC_HEALTH = _pair_gauge("probe_grpc_healthcheck_response",
                           "Health check serving status (1 for the current one).",
                           "serving_status")
+STEP_SUCCESS = FamilySpec("probenet_step_success",
+                          "Each step of the agent's last flow result that ran, 0 or 1.", "gauge",
+                          STEP_LABELS)
+STEP_DURATION = FamilySpec("probenet_step_duration_seconds",
+                           "Duration of each step of the agent's last flow result that ran.",
+                           "gauge", STEP_LABELS)
 
 
 def phase_seconds(phases: Phases, name: str) -> float | None:
@@ -241,16 +258,40 @@ class GrpcFacts(NamedTuple):
         return phase_seconds(self.phases, name)
 
 
-Facts = ResultFacts | HttpFacts | DnsFacts | IcmpFacts | TlsProbeFacts | GrpcFacts
+class FlowStepFacts(NamedTuple):
+    """One step of a flow that ran (`probenet.v1.FlowStep`)."""
+
+    name: str
+    success: bool
+    duration_seconds: float | None  # None when out of contract (left out)
+
+
+class FlowFacts(NamedTuple):
+    """A flow result's facts: the steps that ran, in order (names unique and non-empty)."""
+
+    phases: Phases
+    steps: tuple[FlowStepFacts, ...]
+    tag: str = "flow"
+
+    def phase(self, name: str) -> float | None:
+        """Seconds spent in timing phase `name`, or None when the result has none."""
+        return phase_seconds(self.phases, name)
+
+
+Facts = ResultFacts | HttpFacts | DnsFacts | IcmpFacts | TlsProbeFacts | GrpcFacts | FlowFacts
 PackedFacts = tuple[Any, ...]
 """Facts as the store keeps them: a flat plain tuple of numbers, strings and None. First one
 slot per name of `PHASE_ORDER` (seconds, or None), then the named tuple's other fields in
-order, `tls` as three (earliest_cert_expiry, version, cipher; None each without TLS);
-`tag` last. `packed_layout` gives the index of each field."""
+order, `tls` as three (earliest_cert_expiry, version, cipher; None each without TLS), `steps`
+as three per step (name, success, duration_seconds), flat: it is the last field, its steps
+run up to `tag`, last. `packed_layout` gives the index of each field (of `steps`: its
+first)."""
 
 _FACTS_BY_TAG: dict[str, type[Facts]] = {
     cls._field_defaults["tag"]: cls
-    for cls in (ResultFacts, HttpFacts, DnsFacts, IcmpFacts, TlsProbeFacts, GrpcFacts)}
+    for cls in (ResultFacts, HttpFacts, DnsFacts, IcmpFacts, TlsProbeFacts, GrpcFacts,
+                FlowFacts)}
+_STEP_FIELDS = len(FlowStepFacts._fields)
 _NO_TLS = (None, None, None)
 
 
@@ -271,6 +312,11 @@ def pack(facts: Facts) -> PackedFacts:
         slot = _PHASE_SLOT[name]
         if items[slot] is None:
             items[slot] = seconds
+    if isinstance(facts, FlowFacts):  # its steps flat, three items a step, then the tag
+        for step in facts.steps:
+            items.extend(step)
+        items.append(facts.tag)
+        return tuple(items)
     for item in facts[1:]:
         if isinstance(item, TlsSummary):
             items.extend(item)
@@ -295,6 +341,11 @@ def unpack(packed: PackedFacts) -> Facts:
             tls = packed[at:at + 3]
             fields.append(None if tls == _NO_TLS else TlsSummary._make(tls))
             at += 3
+        elif name == "steps":  # the last field: its steps run up to the tag
+            flat = packed[at:-1]
+            fields.append(tuple(FlowStepFacts._make(flat[i:i + _STEP_FIELDS])
+                                for i in range(0, len(flat), _STEP_FIELDS)))
+            at = len(packed) - 1
         else:
             fields.append(packed[at])
             at += 1
@@ -309,8 +360,10 @@ def packed_phase(packed: PackedFacts, name: str) -> float | None:
 
 
 # Out-of-contract values left out at decode, counted by field (`DroppedValues`).
+# `step` is counted at ingest (a `step` on a success or on a result of another kind than
+# flow, ignored); the others when a scrape decodes a result.
 DROPPED_FIELDS = ("phase_name", "phase_seconds", "icmp_rtt_seconds", "content_length",
-                  "cert_expiry", "http_version")
+                  "cert_expiry", "http_version", "step", "step_seconds", "flow_steps")
 DroppedValues = Counter
 
 
@@ -368,6 +421,26 @@ def _http_version(text: str, dropped: DroppedValues[str]) -> float:
     return 0.0
 
 
+def _flow_steps(steps: Any, dropped: DroppedValues[str]) -> tuple[FlowStepFacts, ...]:
+    """The steps that ran, each name once (label values must not repeat), times in contract."""
+    kept: list[FlowStepFacts] = []
+    names: set[str] = set()
+    for step in steps:
+        name = step.name
+        if (not name or name in names or len(name) > MAX_LABEL_LENGTH
+                or len(kept) >= MAX_FLOW_STEPS):
+            dropped["flow_steps"] += 1
+            continue
+        names.add(name)
+        seconds = step.duration_seconds
+        duration: float | None = seconds
+        if not 0.0 <= seconds <= MAX_SECONDS:
+            dropped["step_seconds"] += 1
+            duration = None
+        kept.append(FlowStepFacts(name, step.success, duration))
+    return tuple(kept)
+
+
 def facts_of(result: Any, dropped: DroppedValues[str] | None = None) -> Facts | None:
     """What the metrics need of one `probenet.v1.ProbeResult` (None when there is nothing).
 
@@ -407,6 +480,11 @@ def facts_of(result: Any, dropped: DroppedValues[str] | None = None) -> Facts | 
                          _seconds(icmp.rtt_max_seconds, dropped),
                          _seconds(icmp.rtt_stddev_seconds, dropped))
     resolve = _resolve_only(phases, dropped) if phases else ()
+    if which == "flow":
+        steps = result.flow.steps
+        if result.kind == "flow":
+            return FlowFacts(resolve, _flow_steps(steps, dropped))
+        dropped["flow_steps"] += len(steps)  # steps of another kind's result: no series
     if which == "tls":
         return TlsProbeFacts(resolve, _tls(result.tls.tls, dropped))
     if which == "grpc":
@@ -593,19 +671,21 @@ class DetailsScrape:
 class DroppedValuesMetrics(Collector):
     """`probenet_result_values_dropped_total{field}`: out-of-contract detail values."""
 
-    def __init__(self, details: LatestDetails) -> None:
-        """Read `details.dropped` at each scrape."""
-        self._details = details
+    def __init__(self, dropped: DroppedValues[str]) -> None:
+        """Read `dropped` (the details store's, shared with the ingest) at each scrape."""
+        self._dropped = dropped
 
     def collect(self) -> Iterator[Metric]:
         """One counter, a sample per field (0 until one is dropped)."""
         family = CounterMetricFamily(
             "probenet_result_values_dropped",
             "Per-kind detail values out of contract (NaN, negative or absurd times, unknown "
-            "phase names, negative lengths or expiries, bad HTTP versions) left out of the "
-            "exported metrics, by field; counted when a scrape decodes them.",
+            "phase names, negative lengths or expiries, bad HTTP versions, flow steps with "
+            "empty or repeated names or of another kind's result) left out of the exported "
+            "metrics, by field; counted when a scrape decodes them. field=step: a step name "
+            "on a success or a non-flow result, ignored at ingest.",
             labels=["field"])
-        dropped = self._details.dropped
+        dropped = self._dropped
         for name in DROPPED_FIELDS:
             family.add_metric([name], dropped.get(name, 0))
         yield family
@@ -748,4 +828,16 @@ def kind_metric_families(pairs: Iterable[tuple[PairSample, Facts | None]]
             for status in SERVING_STATUSES:
                 families.add(GRPC_HEALTH, labels, 1 if status == facts.serving_status else 0,
                              (status,))
+        elif isinstance(facts, FlowFacts):
+            _export_flow(families, sample, facts)
     return list(families.by_name.values())
+
+
+def _export_flow(families: _Families, sample: PairSample, facts: FlowFacts) -> None:
+    """The pair's steps that ran: labelled (probe, step, region, agent), not the pair labels."""
+    probe, region, agent = sample.probe, sample.region, sample.agent
+    for step in facts.steps:
+        labels = (probe, step.name, region, agent)
+        families.add(STEP_SUCCESS, labels, 1 if step.success else 0)
+        if step.duration_seconds is not None:
+            families.add(STEP_DURATION, labels, step.duration_seconds)

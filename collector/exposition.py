@@ -72,9 +72,12 @@ from .details import (
     PHASE_ORDER,
     SERVING_STATUSES,
     SSL_EXPIRY,
+    STEP_DURATION,
+    STEP_SUCCESS,
     TLS_CIPHER,
     TLS_VERSION,
     DnsFacts,
+    FlowFacts,
     GrpcFacts,
     HttpFacts,
     IcmpFacts,
@@ -87,6 +90,7 @@ from .metrics import (
     AGENT_UP,
     MONITORING_DEGRADED,
     OUTAGE_ACTIVE,
+    OUTAGE_STEP,
     PROBE_DURATION,
     PROBE_FAILURES,
     PROBE_SUCCESS,
@@ -448,6 +452,7 @@ class _Scrape:
         self.icmp: list[int] = []
         self.tls: list[int] = []  # tls facts of a kind other than http, dns, icmp
         self.grpc: list[int] = []
+        self.flow: list[int] = []
 
     @property
     def pair_count(self) -> int:
@@ -535,6 +540,8 @@ class _Scrape:
             self.tls.append(index)
         elif facts[-1] == _GRPC_TAG:
             self.grpc.append(index)
+        elif facts[-1] == _FLOW_TAG:
+            self.flow.append(index)
 
     def family(self, spec: FamilySpec, rows: Sequence[_T],
                lines: Callable[[_Layout, Sequence[_T]], str], *, per_row: int = 1,
@@ -582,6 +589,17 @@ class _Scrape:
                                [record.scope]))
         yield from self.family(OUTAGE_ACTIVE, active, _outage_active, per_row=len(Scope),
                                always=True)
+        # The (probe, service) of probenet_outage_active: alert rules join on them.
+        steps = [(probe, service, _esc(view.step)) for probe, service, view in views
+                 if view.step is not None]
+        steps.extend(("", _esc(record.service or ""), _esc(record.step))
+                     for record in open_records
+                     if record.kind is OutageKind.SERVICE and record.step is not None)
+        steps.extend((_esc(record.probe or ""), _esc(record.service or ""), _esc(record.step))
+                     for record in open_records
+                     if record.kind is OutageKind.PROBE and record.probe not in known
+                     and record.step is not None)
+        yield from self.family(OUTAGE_STEP, steps, _outage_step, always=True)
         flapping = [(probe, view.flapping or view.probe in flapping_now)
                     for probe, _, view in views]
         yield from self.family(TARGET_FLAPPING, flapping, _flag_rows, always=True)
@@ -655,6 +673,10 @@ class _Scrape:
                           per_row=len(ICMP_STATS))
         yield from family(GRPC_HEALTH, self.grpc, lambda lay, rows: _grpc_health(lay, rows, t),
                           per_row=len(SERVING_STATUSES))
+        yield from family(STEP_SUCCESS, self.flow, lambda lay, rows: _step_success(lay, rows, t),
+                          per_row=_STEPS_PER_ROW)
+        yield from family(STEP_DURATION, self.flow,
+                          lambda lay, rows: _step_duration(lay, rows, t), per_row=_STEPS_PER_ROW)
 
 
 # -- line formatters: one slice of rows to text ---------------------------------------------
@@ -676,9 +698,13 @@ _T_TLS = packed_layout(TlsProbeFacts)["tls"]
 _G_STATUS = packed_layout(GrpcFacts)["serving_status"]
 # Packed TLS facts: earliest_cert_expiry, version, cipher, from the `tls` index on.
 _TLS_EXPIRY, _TLS_VERSION, _TLS_CIPHER = 0, 1, 2
-_HTTP_TAG, _DNS_TAG, _ICMP_TAG, _TLS_TAG, _GRPC_TAG = (
+_HTTP_TAG, _DNS_TAG, _ICMP_TAG, _TLS_TAG, _GRPC_TAG, _FLOW_TAG = (
     cls._field_defaults["tag"]
-    for cls in (HttpFacts, DnsFacts, IcmpFacts, TlsProbeFacts, GrpcFacts))
+    for cls in (HttpFacts, DnsFacts, IcmpFacts, TlsProbeFacts, GrpcFacts, FlowFacts))
+# Packed flow facts: three items a step (name, success, duration_seconds) from here to the
+# tag; a slice of flow rows is sized for this many steps a row.
+_F_STEPS = packed_layout(FlowFacts)["steps"]
+_STEPS_PER_ROW = 8
 
 
 def _success(layout: _Layout, rows: Sequence[int], t: _Table) -> str:
@@ -717,6 +743,12 @@ def _outage_active(layout: _Layout, rows: Sequence[tuple[str, str, list[Scope]]]
         f'{head}probe="{probe}",service="{service}",scope="{scope}"}} '
         f"{1 if scope in active else 0}\n"
         for probe, service, active in rows for scope in Scope])
+
+
+def _outage_step(layout: _Layout, rows: Sequence[tuple[str, str, str]]) -> str:
+    head = layout.open
+    return "".join([f'{head}probe="{probe}",service="{service}",step="{step}"}} 1\n'
+                    for probe, service, step in rows])
 
 
 def _flag_rows(layout: _Layout, rows: Sequence[tuple[str, bool]]) -> str:
@@ -841,6 +873,37 @@ def _grpc_health(layout: _Layout, rows: Sequence[int], t: _Table) -> str:
         f"{head}{labels[i]}{end}{1 if status == f[_G_STATUS] else 0}\n"
         for i in rows if (f := facts[i]) is not None and f[-1] == _GRPC_TAG
         for status, end in ends])
+
+
+def _step_heads(head: str, pair: PairSample) -> tuple[str, str]:
+    """The text of a step series before and after its step name (`STEP_LABELS`)."""
+    return (f'{head}probe="{_esc(pair.probe)}",step="',
+            f'",region="{_esc(pair.region)}",agent="{_esc(pair.agent)}"}} ')
+
+
+def _step_success(layout: _Layout, rows: Sequence[int], t: _Table) -> str:
+    out: list[str] = []
+    for i in rows:
+        f = t.facts[i]
+        if f is None:
+            continue
+        before, after = _step_heads(layout.open, t.pairs[i])
+        out.extend([f"{before}{_esc(f[at])}{after}{1 if f[at + 1] else 0}\n"
+                    for at in range(_F_STEPS, len(f) - 1, 3)])
+    return "".join(out)
+
+
+def _step_duration(layout: _Layout, rows: Sequence[int], t: _Table) -> str:
+    out: list[str] = []
+    for i in rows:
+        f = t.facts[i]
+        if f is None:
+            continue
+        before, after = _step_heads(layout.open, t.pairs[i])
+        out.extend([f"{before}{_esc(f[at])}{after}{_num(seconds)}\n"
+                    for at in range(_F_STEPS, len(f) - 1, 3)
+                    if (seconds := f[at + 2]) is not None])
+    return "".join(out)
 
 
 # -- gzip ----------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ once per (agent, reason). Reasons:
   `max_message_bytes` are cut by grpc itself, uncounted);
 - result level (the result is dropped, acknowledged, and the stream goes on): `bad_seq`,
   `seq_order`, `seq_jump`, `bad_probe`, `bad_kind`, `bad_duration`, `bad_phase`, `field_too_long`,
-  `result_too_large`, `too_many_probes`, `bad_timestamp`, `too_old`, `bad_interval`.
+  `result_too_large`, `too_many_probes`, `bad_timestamp`, `too_old`, `bad_interval`,
+  `too_many_steps`, `bad_flow`.
 
 Every field of a result is checked against the contract where it is read. Here
 (`_handle_batch`), before anything of the result is used, what the classifier and the
@@ -46,7 +47,17 @@ replayed or back-stamped result never dates an outage's start or reports an old 
 the current one); `interval_ms` at most `limits.max_probe_interval` (`bad_interval`: the
 classifier counts staleness, and trusts agent clocks, in intervals); the error text within
 `limits.max_error_length` and the address within `limits.max_target_length`
-(`field_too_long`). Per-phase durations and the kind-specific numbers (content length,
+(`field_too_long`). A `flow` result (only those: the others pay one string comparison) has its
+failing `step` and the name of each step of its `FlowDetails` within
+`limits.max_label_value_length` (`field_too_long`: they are label values), at most
+`limits.max_flow_steps` steps run and configured (`too_many_steps`: each step that ran is a
+series per agent), and details that hold together (`bad_flow`: a step name empty or
+repeated, which would make two series one; `failed_step_index` beyond the steps that ran, or
+set on a success; a failure whose `step` is not the name of the step at that index). A
+`step` on a success or on a result of another kind is out of contract but harmless: it is
+ignored (the classifier reads a step only from failed flow results) and counted as a
+dropped value (`probenet_result_values_dropped_total{field="step"}`), the result applied.
+Per-phase durations and the kind-specific numbers (content length,
 certificate expiry, ICMP round trips) are read only by the per-kind families: the details
 store checks them when it decodes a result for a scrape, dropping or zeroing what is out of
 contract (collector/details.py), because checking them here cost 4 to 6 us per result
@@ -122,6 +133,7 @@ from probenet.v1 import probenet_pb2 as pb
 from probenet.version import __version__
 
 from .config import AgentEntry, CollectorConfig, LimitsConfig, read_secret
+from .details import DroppedValues
 from .errors import JournalError, StreamRejectedError
 from .model import PHASE_NAMES
 
@@ -164,8 +176,9 @@ REJECTION_REASONS = (
     "bad_epoch", "agent_already_connected",
     "bad_seq", "seq_order", "seq_jump", "bad_probe", "bad_kind", "bad_duration", "bad_phase",
     "field_too_long", "result_too_large", "too_many_probes",
-    "bad_timestamp", "too_old", "bad_interval",
+    "bad_timestamp", "too_old", "bad_interval", "too_many_steps", "bad_flow",
 )
+_FLOW = "flow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +374,9 @@ _RESULT_REJECTION_DETAILS = {
                        "{limits.max_reason_length} characters (limits.max_target_length, "
                        "max_label_value_length, max_reason_length); error "
                        "{limits.max_error_length}, address {limits.max_target_length} "
-                       "characters (limits.max_error_length, max_target_length)"),
+                       "characters (limits.max_error_length, max_target_length); a flow's "
+                       "step names {limits.max_label_value_length} characters "
+                       "(limits.max_label_value_length)"),
     "seq_jump": ("a seq beyond what the agent could have numbered since its epoch at "
                  "{limits.max_agent_results_per_second} results/s "
                  "(limits.max_agent_results_per_second)"),
@@ -374,7 +389,47 @@ _RESULT_REJECTION_DETAILS = {
                 "(limits.max_result_age)"),
     "bad_interval": ("an interval_ms over {limits.max_probe_interval:g}s "
                      "(limits.max_probe_interval)"),
+    "too_many_steps": ("a flow result with more than {limits.max_flow_steps} steps run or "
+                       "configured (limits.max_flow_steps)"),
+    "bad_flow": ("flow details that do not hold together: a step name empty or repeated, "
+                 "failed_step_index beyond the steps that ran or set on a success, or a "
+                 "failure's `step` not the name of the step at failed_step_index"),
 }
+
+
+def flow_problem(result: pb.ProbeResult, *, max_steps: int, max_name: int) -> str | None:
+    """The rejection reason of a `flow` result out of contract, or None (module docstring).
+
+    Read for flow results only: a few field reads, and one pass over the steps that ran.
+    """
+    step = result.step
+    if len(step) > max_name:
+        return "field_too_long"
+    if result.WhichOneof("details") != _FLOW:
+        return None  # no details (an agent may send none): only `step` to check
+    flow = result.flow
+    steps = flow.steps
+    if len(steps) > max_steps or flow.step_count > max_steps:
+        return "too_many_steps"
+    problem = _step_names_problem(steps, max_name)
+    index = flow.failed_step_index
+    if problem is None and (index > len(steps) or (
+            index and (result.success or steps[index - 1].name != step))):
+        problem = "bad_flow"
+    return problem
+
+
+def _step_names_problem(steps: Any, max_name: int) -> str | None:
+    """`field_too_long` or `bad_flow` (empty or repeated) for the names of a flow's steps."""
+    names: set[str] = set()
+    for each in steps:
+        name = each.name
+        if len(name) > max_name:
+            return "field_too_long"
+        if not name or name in names:
+            return "bad_flow"
+        names.add(name)
+    return None
 
 
 def _known_name(value: str, known: set[str]) -> bool:
@@ -395,6 +450,7 @@ class IngestServicer:
                  watermarks: Mapping[str, tuple[int, int]] | None = None,
                  identity_check: bool = False,
                  details: LatestDetails | None = None,
+                 dropped: DroppedValues[str] | None = None,
                  request_commit: Callable[[], None],
                  commit_interval: float = 0.02,
                  ack_metrics: AckMetrics | None = None,
@@ -404,6 +460,8 @@ class IngestServicer:
         """`watermarks` are the journal's, so deduplication continues after a restart.
 
         `details` receives the wire bytes of each accepted result (None: nothing is kept).
+        `dropped` counts values ignored at ingest (a stray `step`); by default the details
+        store's counts, or counts of its own without a store.
         `request_commit` asks the owner for a group commit (`commit_watermarks`) within
         `commit_interval` of the last one: an ack waits for it (a batch that finds one due
         commits it at once). `wall_clock_ns` is what epochs are checked against (the agents'
@@ -419,6 +477,9 @@ class IngestServicer:
         self._limits = limits
         self._max_batch = limits.max_batch_results
         self._details = details
+        if dropped is None:
+            dropped = details.dropped if details is not None else DroppedValues()
+        self._dropped = dropped
         self._registry = registry
         self._collector_id = collector_id
         self._identity_check = identity_check
@@ -844,6 +905,7 @@ class IngestServicer:
         max_service = limits.max_label_value_length
         max_result = limits.max_result_bytes
         max_error = limits.max_error_length
+        max_steps = limits.max_flow_steps
         max_interval_ms = limits.max_probe_interval * 1000
         # The window of result timestamps (agent clock, unix ms), by the collector's clock.
         now_ms = self._clock() * 1000
@@ -858,6 +920,7 @@ class IngestServicer:
         accepted: list[pb.ProbeResult] = []
         kept: dict[str, bytes] = {}  # probe -> wire bytes of its latest accepted result
         duplicates = 0
+        stray_steps = 0  # a `step` on a success or a non-flow result: ignored, counted
         rejected: dict[str, int] | None = None
         highest = 0
         for index, result in enumerate(results):
@@ -875,7 +938,7 @@ class IngestServicer:
                 probe = result.probe
                 if probe not in known_probes and not _known_name(probe, known_probes):
                     reason = "bad_probe"
-                elif result.kind not in kinds:
+                elif (kind := result.kind) not in kinds:
                     reason = "bad_kind"
                 elif not 0.0 <= result.duration_seconds <= MAX_DURATION_S:
                     reason = "bad_duration"
@@ -886,6 +949,9 @@ class IngestServicer:
                 elif (len(result.target) > max_target or len(result.service) > max_service
                       or len(result.error) > max_error or len(result.address) > max_target):
                     reason = "field_too_long"
+                elif kind == _FLOW and (flow_reason := flow_problem(
+                        result, max_steps=max_steps, max_name=max_service)) is not None:
+                    reason = flow_reason
                 # With the details store, every result that gets this far reads its wire
                 # bytes here (`wire`, kept below if it is accepted): they are what is kept.
                 elif details is not None and len(wire := wires[index]) > max_result:
@@ -903,6 +969,8 @@ class IngestServicer:
                     else:
                         failures.add(probe, region, PHASE_NAMES[phase], failure_reason)
             if reason is None:
+                if result.step and (kind != _FLOW or result.success):
+                    stray_steps += 1
                 accepted.append(result)
                 if capped and probe not in held:
                     added.add(probe)
@@ -929,6 +997,8 @@ class IngestServicer:
                 self._dirty.discard(session.agent)
         if duplicates:
             metrics.duplicate.inc(duplicates)
+        if stray_steps:
+            self._dropped["step"] += stray_steps
         if rejected:
             for reason, count in rejected.items():
                 metrics.rejected.inc(count)

@@ -4,7 +4,10 @@ One file, WAL mode, `synchronous=NORMAL`: a committed transaction survives a cra
 `kill -9` of the collector (not necessarily a power loss of the machine). Tables:
 
 - `outages`: one row per outage record, updated in place (the record's JSON plus the columns
-  the API filters on);
+  the API filters on). Fields the API does not filter on live in the JSON only, so adding
+  one needs no schema change: `step` (flow probes) came that way, and a record journaled
+  before it reads as `step: null` (`OutageRecord.from_json`), while an older collector
+  reading a newer journal ignores the key;
 - `outage_events`: one row per transition; its AUTOINCREMENT id is the `seq` of
   `JournaledTransition`, increasing per collector across restarts;
 - `agent_watermarks`: the highest applied (epoch, seq) per agent, so deduplication continues
@@ -468,6 +471,7 @@ class TransitionCommitter:
             "seq": seq, "outage": record.id, "kind": str(record.kind), "probe": record.probe,
             "service": record.service, "scope": str(record.scope),
             "regions": ",".join(record.regions), "phase": record.phase, "reason": record.reason,
+            "step": record.step,
         }
         if change.event is OutageEvent.UPDATED:
             log.debug("outage updated", extra=fields)

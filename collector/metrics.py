@@ -26,12 +26,16 @@ from .model import OutageKind, RegionVerdict, Scope, TargetState
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Set as AbstractSet
 
     from .classify import Classifier, PairSample
+    from .model import OutageRecord
 
 # The labels of every per-(agent, probe) series: probe_success, the per-kind details, ...
 PAIR_LABELS = ("probe", "target", "kind", "region", "agent")
 FAILURE_LABELS = ("probe", "region", "phase", "reason")
+# The labels of the per-step series of a flow probe (probenet_step_success, ...).
+STEP_LABELS = ("probe", "step", "region", "agent")
 # Beyond this many (probe, region, phase, reason) series, new reasons fold into "other":
 # the reason is agent-supplied text, and a broken agent must not explode the series count.
 MAX_FAILURE_SERIES = 50_000
@@ -75,6 +79,9 @@ TARGET_STATE = _gauge("probenet_target_state", "State set: 1 for the probe's cur
                       ("probe", "service", "state"))
 OUTAGE_ACTIVE = _gauge("probenet_outage_active", '1 while an outage of that scope is open '
                        '(probe="" for a service-level record).', ("probe", "service", "scope"))
+OUTAGE_STEP = _gauge("probenet_outage_step", "1 while an open outage of a flow probe fails at "
+                     'that step (the step seen most; probe="" for a service-level record); '
+                     "absent otherwise.", ("probe", "service", "step"))
 TARGET_FLAPPING = _gauge("probenet_target_flapping", "1 while the probe is flapping.",
                          ("probe",))
 AGENT_UP = _gauge("probenet_agent_up", "1 while the agent is connected and fresh.",
@@ -146,6 +153,29 @@ class IngestMetrics:
         build.info({"version": __version__})
 
 
+def _add_record_rows(open_records: Iterable[OutageRecord], known: AbstractSet[str], *,
+                     active: GaugeMetricFamily | CounterMetricFamily,
+                     outage_step: GaugeMetricFamily | CounterMetricFamily) -> None:
+    """Rows of the open records no target view shows.
+
+    Service records, and probe records restored after a restart before any result about
+    their probe arrived.
+    """
+    for record in open_records:
+        if record.kind is OutageKind.SERVICE:
+            probe = ""
+        elif record.kind is OutageKind.PROBE and record.probe not in known:
+            probe = record.probe or ""
+        else:
+            continue
+        service = record.service or ""
+        # Every scope, as for a probe (the page writes them so: 0 for the other scope).
+        for scope in Scope:
+            active.add_metric((probe, service, str(scope)), _bool(scope is record.scope))
+        if record.step is not None:
+            outage_step.add_metric((probe, service, record.step), 1.0)
+
+
 def _bool(value: bool) -> float:
     return 1.0 if value else 0.0
 
@@ -206,6 +236,7 @@ class ClassifierMetrics(Collector):
         region_up = REGION_UP.family()
         state = TARGET_STATE.family()
         active = OUTAGE_ACTIVE.family()
+        outage_step = OUTAGE_STEP.family()
         flapping = TARGET_FLAPPING.family()
         open_records = classifier.open_outages()
         open_probe_scopes = {(r.probe, r.scope) for r in open_records
@@ -221,19 +252,17 @@ class ClassifierMetrics(Collector):
             for scope in Scope:
                 active.add_metric((view.probe, service, str(scope)),
                                   _bool((view.probe, scope) in open_probe_scopes))
+            # The (probe, service) of probenet_outage_active: alert rules join on them.
+            if view.step is not None:
+                outage_step.add_metric((view.probe, service, view.step), 1.0)
             flapping.add_metric((view.probe,),
                                 _bool(view.flapping or view.probe in flapping_now))
-        known = {view.probe for view in targets}
-        for record in open_records:
-            if record.kind is OutageKind.SERVICE:
-                active.add_metric(("", record.service or "", str(record.scope)), 1.0)
-            elif record.kind is OutageKind.PROBE and record.probe not in known:
-                # Restored after a restart, before any result about the probe arrived.
-                active.add_metric((record.probe or "", record.service or "",
-                                   str(record.scope)), 1.0)
+        _add_record_rows(open_records, {view.probe for view in targets}, active=active,
+                         outage_step=outage_step)
         yield region_up
         yield state
         yield active
+        yield outage_step
         yield flapping
 
     def _agent_families(self) -> Iterator[Metric]:

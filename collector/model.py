@@ -61,7 +61,7 @@ class OutageKind(StrEnum):
 class OutageEvent(StrEnum):
     """What happened to an outage record.
 
-    `updated` (regions, phase or reason changed, scope unchanged) is journaled but is not one
+    `updated` (regions, phase, reason or step changed, scope unchanged) is journaled but is not one
     of the MQTT event names; the other three are published as DESIGN.md lists them.
     """
 
@@ -133,6 +133,10 @@ class OutageRecord:
     # A probe record of a probe changing state too often: held open while it flaps (its
     # `regions` still only the regions down now), closed once it stops and stays up.
     flapping: bool = False
+    # For a `flow` probe: the failing step seen most (with `phase` and `reason`, one
+    # failure); None for other kinds. Last, with a default: records journaled before it
+    # existed read as None.
+    step: str | None = None
 
     # -- builders: each keeps the invariants peak_scope >= scope, regions_ever >= regions
     # (as sets), started_at <= detected_at <= ended_at, and sorted region and probe names.
@@ -140,24 +144,25 @@ class OutageRecord:
     @classmethod
     def probe_outage(cls, outage_id: str, probe: str, *, service: str | None, scope: Scope,
                      regions: Iterable[str], phase: str | None, reason: str | None,
-                     started_at: float, detected_at: float) -> OutageRecord:
+                     started_at: float, detected_at: float,
+                     step: str | None = None) -> OutageRecord:
         """A new `probe` record: one probe down in `regions` (its first failure at `started_at`)."""
         return cls._opened(outage_id, OutageKind.PROBE, probe=probe, service=service,
                            scope=scope, regions=regions, phase=phase, reason=reason,
-                           started_at=started_at, detected_at=detected_at)
+                           step=step, started_at=started_at, detected_at=detected_at)
 
     @classmethod
     def service_outage(cls, outage_id: str, service: str, *, probes: Iterable[str],
                        scope: Scope, regions: Iterable[str], regions_ever: Iterable[str],
                        phase: str | None, reason: str | None, started_at: float,
-                       detected_at: float) -> OutageRecord:
+                       detected_at: float, step: str | None = None) -> OutageRecord:
         """A new `service` record: several probes of one service in outage at once.
 
         It inherits its probes' history: `regions_ever` and the earliest `started_at`.
         """
         return cls._opened(outage_id, OutageKind.SERVICE, service=service, probes=probes,
                            scope=scope, regions=regions, regions_ever=regions_ever,
-                           phase=phase, reason=reason, started_at=started_at,
+                           phase=phase, reason=reason, step=step, started_at=started_at,
                            detected_at=detected_at)
 
     @classmethod
@@ -179,7 +184,8 @@ class OutageRecord:
                 started_at: float, detected_at: float, probe: str | None = None,
                 service: str | None = None, region: str | None = None,
                 probes: Iterable[str] = (), regions_ever: Iterable[str] = (),
-                phase: str | None = None, reason: str | None = None) -> OutageRecord:
+                phase: str | None = None, reason: str | None = None,
+                step: str | None = None) -> OutageRecord:
         down = tuple(sorted(set(regions)))
         return cls(
             id=outage_id,
@@ -196,6 +202,7 @@ class OutageRecord:
             reason=reason,
             started_at=min(started_at, detected_at),
             detected_at=detected_at,
+            step=step,
         )
 
     def with_scope(self, scope: Scope) -> OutageRecord:
@@ -212,9 +219,12 @@ class OutageRecord:
         """A service record naming `probes` as involved."""
         return replace(self, probes=tuple(sorted(set(probes))))
 
-    def with_failure(self, phase: str | None, reason: str | None) -> OutageRecord:
-        """The record showing `phase` and `reason` as the failure seen most."""
-        return replace(self, phase=phase, reason=reason)
+    def with_failure(self, phase: str | None, reason: str | None,
+                     step: str | None = None) -> OutageRecord:
+        """The record showing `phase`, `reason` and `step` as the failure seen most."""
+        if (phase, reason, step) == (self.phase, self.reason, self.step):
+            return self
+        return replace(self, phase=phase, reason=reason, step=step)
 
     def with_flapping(self, flapping: bool) -> OutageRecord:
         """The record marked as flapping (or not)."""
@@ -244,6 +254,7 @@ class OutageRecord:
             "regions_ever": list(self.regions_ever),
             "phase": self.phase,
             "reason": self.reason,
+            "step": self.step,
             "started_at": rfc3339(self.started_at),
             "detected_at": rfc3339(self.detected_at),
             "ended_at": rfc3339(self.ended_at),
@@ -252,7 +263,7 @@ class OutageRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> OutageRecord:
-        """Inverse of `to_json`."""
+        """Inverse of `to_json` (a record journaled before `step` existed has none)."""
         started = parse_rfc3339(data["started_at"])
         detected = parse_rfc3339(data["detected_at"])
         assert started is not None
@@ -274,6 +285,7 @@ class OutageRecord:
             detected_at=detected,
             ended_at=parse_rfc3339(data.get("ended_at")),
             flapping=bool(data.get("flapping", False)),
+            step=data.get("step"),
         )
 
 
@@ -297,6 +309,8 @@ class TargetView:
     state: TargetState
     regions: Mapping[str, RegionVerdict] = field(default_factory=dict)
     flapping: bool = False
+    # The failing step of the probe's open outage (a `flow` probe's), else None.
+    step: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The entry as DESIGN.md's JSON."""
@@ -308,6 +322,7 @@ class TargetView:
             "state": str(self.state),
             "regions": {r: str(v) for r, v in sorted(self.regions.items())},
             "flapping": self.flapping,
+            "step": self.step,
         }
 
 

@@ -31,7 +31,7 @@ from probenet.lifecycle import EnterOnce
 from .api import HttpApi
 from .classify import Classifier
 from .config import CollectorConfig, config_summary
-from .details import DroppedValuesMetrics, LatestDetails
+from .details import DroppedValues, DroppedValuesMetrics, LatestDetails
 from .errors import LifecycleError, ServiceError
 from .exposition import MetricsPage
 from .ingest import SERVICE_NAME, AckMetrics, IngestServicer
@@ -103,8 +103,10 @@ class CollectorService:
         if not kind_details:
             settings = settings.model_copy(update={"per_kind_details": False})
         self.details = LatestDetails() if settings.kind_details else None
-        if self.details is not None:
-            self.registry.register(DroppedValuesMetrics(self.details))
+        # Values left out: by the details store at scrape, and by the ingest (a stray step).
+        self.dropped_values: DroppedValues[str] = (
+            self.details.dropped if self.details is not None else DroppedValues())
+        self.registry.register(DroppedValuesMetrics(self.dropped_values))
         self.journal = Journal(config.journal.path)
         self.failures = FailureCounts(settings.max_failure_series)
         self.ingest_metrics = IngestMetrics(self.registry)
@@ -190,6 +192,7 @@ class CollectorService:
         self.ingest = IngestServicer.build(
             self.config, classifier=self.classifier, committer=self.committer,
             metrics=self.ingest_metrics, failures=self.failures, details=self.details,
+            dropped=self.dropped_values,
             watermarks=self.journal.watermarks(), request_commit=self._commit_wanted.set,
             ack_metrics=self._ack_metrics, clock=self._clock)
 

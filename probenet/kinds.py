@@ -7,7 +7,7 @@ from typing import Literal
 
 __all__ = ["PROBE_KINDS", "ProbeKind"]
 
-ProbeKind = Literal["http", "tcp", "dns", "icmp", "tls", "grpc"]
+ProbeKind = Literal["http", "tcp", "dns", "icmp", "tls", "grpc", "flow"]
 """A probe kind (DESIGN.md "Configuration"); each has a module `probenet.agent.probes.<kind>`
 and an options section of the same name in a probe's config."""
 

@@ -40,15 +40,21 @@ def bounded(text: str) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
 
 
+def _in_step(tracker: PhaseTracker, text: str) -> str:
+    """`text`, prefixed with the step the tracker is in (a `flow`), if any."""
+    return f"step {tracker.step!r}: {text}" if tracker.step else text
+
+
 def timeout_outcome(tracker: PhaseTracker, timeout_s: float, address: str = "") -> ProbeOutcome:
-    """The outcome of a deadline struck while `tracker` was in its current phase."""
+    """The outcome of a deadline struck while `tracker` was in its current phase (and step)."""
     phase = tracker.current if tracker.current in FAILURE_PHASES else "request"
     duration = tracker.finish()
     return ProbeOutcome(
         success=False, duration_seconds=duration, failed_phase="timeout", timeout_phase=phase,
         reason=TIMEOUT_REASONS.get(phase, "timeout"),
-        error=f"no result within {timeout_s:g}s (deadline struck in phase {phase})",
-        phases=dict(tracker.durations), address=address)
+        error=_in_step(tracker,
+                       f"no result within {timeout_s:g}s (deadline struck in phase {phase})"),
+        phases=dict(tracker.durations), address=address, step=tracker.step)
 
 
 def failure_outcome(tracker: PhaseTracker, failure: ProbeFailure,
@@ -57,8 +63,8 @@ def failure_outcome(tracker: PhaseTracker, failure: ProbeFailure,
     duration = tracker.finish()
     return ProbeOutcome(
         success=False, duration_seconds=duration, failed_phase=failure.phase,
-        reason=failure.reason, error=bounded(failure.error), phases=dict(tracker.durations),
-        address=address)
+        reason=failure.reason, error=bounded(_in_step(tracker, failure.error)),
+        phases=dict(tracker.durations), address=address, step=tracker.step)
 
 
 def error_outcome(tracker: PhaseTracker, exc: BaseException, address: str = "") -> ProbeOutcome:
@@ -67,8 +73,8 @@ def error_outcome(tracker: PhaseTracker, exc: BaseException, address: str = "") 
     duration = tracker.finish()
     return ProbeOutcome(
         success=False, duration_seconds=duration, failed_phase=phase, reason="probe_error",
-        error=bounded(f"{type(exc).__name__}: {exc}"), phases=dict(tracker.durations),
-        address=address)
+        error=bounded(_in_step(tracker, f"{type(exc).__name__}: {exc}")),
+        phases=dict(tracker.durations), address=address, step=tracker.step)
 
 
 async def run_attempt(probe: Probe, timeout_s: float, *,

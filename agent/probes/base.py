@@ -3,7 +3,8 @@
 A probe is built once from its config (`ProbeSpec` in agent.config) and run many times.
 `run` returns one `ProbeOutcome` per probed address (one, unless `all_addresses` is set).
 A probe reports where it is through its `PhaseTracker`, so that when the scheduler's hard
-deadline strikes, the result says `timeout` *and* the phase it was in.
+deadline strikes, the result says `timeout` *and* the phase it was in (and, for a `flow`,
+the step it was in).
 
 Failure phases (the wire's `failed_phase`): dns, connect, tls, request, response,
 validation, timeout. Timing phases (the `phases` durations, blackbox_exporter's `phase`
@@ -36,6 +37,7 @@ class ProbeOutcome:
     status_code: int = 0
     address: str = ""
     details: Any = None  # a probenet.v1 *Details message for kind-specific metrics, or None
+    step: str = ""  # a failed `flow`: the name of the failing step
 
 
 class ProbeFailure(Exception):  # noqa: N818 - it is an outcome, not an error of ours
@@ -52,13 +54,16 @@ class ProbeFailure(Exception):  # noqa: N818 - it is an outcome, not an error of
 class PhaseTracker:
     """Which phase a probe run is in, and how long each timing phase took."""
 
-    __slots__ = ("_clock", "_started", "_timing", "current", "durations", "start")
+    __slots__ = ("_clock", "_started", "_timing", "current", "durations", "start", "step")
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         """Start the run now."""
         self._clock = clock
         self.start: float = clock()
         self.current = "dns"
+        # A `flow` names the step it is in, so that an outcome made from the tracker alone
+        # (the scheduler's deadline, an unexpected error) still names it.
+        self.step = ""
         self.durations: dict[str, float] = {}
         self._timing = ""
         self._started = self.start
@@ -72,6 +77,10 @@ class PhaseTracker:
         self.current = phase
         self._timing = timing or ""
         self._started = now
+
+    def elapsed(self) -> float:
+        """Seconds since the run started (no phase is closed)."""
+        return self._clock() - self.start
 
     def finish(self) -> float:
         """Close the running timing phase; return the total elapsed seconds."""

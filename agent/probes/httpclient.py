@@ -24,6 +24,7 @@ from .base import ProbeFailure
 if TYPE_CHECKING:
     import socket
     import ssl
+    from collections.abc import Mapping
 
     from .base import PhaseTracker
 
@@ -40,7 +41,10 @@ class HttpResponse:
     status: int
     reason: str
     version: str  # "1.1", "1.0"
-    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names, repeats joined
+    # Each Set-Cookie line as received: joined with ", " (as `headers` does) they could no
+    # longer be told apart, since cookie dates hold commas.
+    set_cookies: list[str] = field(default_factory=list)
     body: bytes = b""  # at most MAX_KEPT_BODY_BYTES
     body_bytes: int = 0  # every body byte received
 
@@ -58,7 +62,7 @@ class HttpResponse:
 
 
 def build_request(method: str, target: str, host_header: str,
-                  headers: dict[str, str], body: bytes | None) -> bytes:
+                  headers: Mapping[str, str], body: bytes | None) -> bytes:
     """The request bytes: our defaults, overridden by `headers` (case-insensitively)."""
     fields = {
         "host": ("Host", host_header),
@@ -104,6 +108,8 @@ def parse_head(head: bytes) -> HttpResponse:
             raise _invalid(f"header line {line[:80]!r}")
         key = name.lower()
         value = value.strip()
+        if key == "set-cookie":
+            response.set_cookies.append(value)
         previous = response.headers.get(key)
         response.headers[key] = value if previous is None else f"{previous}, {value}"
     return response

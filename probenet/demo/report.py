@@ -31,7 +31,21 @@ def _label(outage: OutageEntry) -> str:
 def _outage_fields(outage: OutageEntry) -> dict[str, Any]:
     return {"id": outage.id, "kind": outage.kind, "about": outage.subject,
             "scope": outage.scope, "regions": ",".join(outage.regions),
-            "phase": outage.phase or "", "reason": outage.reason or ""}
+            "phase": outage.phase or "", "reason": outage.reason or "",
+            "step": outage.step or ""}
+
+
+def _still_up(outage: OutageEntry, snapshot: FleetSnapshot) -> str:
+    """For a flow probe failing at a step: "; social's other probes still up (...)"."""
+    if outage.kind != "probe" or not outage.step or not outage.service:
+        return ""
+    siblings = sorted(t.probe for t in snapshot.targets
+                      if t.service == outage.service and t.probe != outage.probe)
+    up = [name for name in siblings
+          if any(t.probe == name and t.state == "up" for t in snapshot.targets)]
+    if not siblings or up != siblings:
+        return ""
+    return f"; {outage.service}'s pages still up ({', '.join(up)})"
 
 
 class FleetObserver:
@@ -53,12 +67,14 @@ class FleetObserver:
             before = self._open.get(outage_id)
             self.seen_outages[outage_id] = outage
             if before is None:
+                at_step = f"at step {outage.step}, " if outage.step else ""
                 events.append(DemoEvent(
                     "outage_opened",
                     f"outage opened: {_label(outage)}, {outage.scope} "
-                    f"({', '.join(outage.regions) or '-'}), phase {outage.phase or '-'}, "
+                    f"({', '.join(outage.regions) or '-'}), {at_step}phase "
+                    f"{outage.phase or '-'}, "
                     f"detected {format_seconds(outage.detection_seconds)} after the first "
-                    "failure", _outage_fields(outage)))
+                    f"failure{_still_up(outage, snapshot)}", _outage_fields(outage)))
             elif before.scope != outage.scope:
                 events.append(DemoEvent(
                     "outage_scope_changed",
@@ -120,7 +136,9 @@ class DemoSummary:
             ended = "still open" if o.ended_at is None else \
                 f"lasted {format_seconds((o.ended_at - o.started_at).total_seconds())}"
             out.append(f"  {o.kind:<8} {about:<40} peak {o.peak_scope:<8} regions "
-                       f"{', '.join(o.regions_ever) or '-'}; phase {o.phase or '-'}, "
+                       f"{', '.join(o.regions_ever) or '-'}; "
+                       + (f"step {o.step}, " if o.step else "")
+                       + f"phase {o.phase or '-'}, "
                        f"reason {o.reason or '-'}; detected in "
                        f"{format_seconds(o.detection_seconds)}, {ended}")
         if self.impaired_agents:

@@ -7,9 +7,14 @@ Regions and agents, each agent on its own loopback source address:
     ap-south    bom-1 127.0.3.1, bom-2 127.0.3.2   (sees the regional outage of phase 4)
     sa-east     gru-1 127.0.4.1
 
-Every agent runs the same ten probes (so that the broken agent has enough probes for the
-impaired rule, and so that the four probes of the global outage stay below half of any
+Every agent runs the same eleven probes (so that the broken agent has enough probes for the
+impaired rule, and so that the five probes of the global outage stay below half of any
 agent's probes: a healthy agent watching a global outage is never taken for a broken one).
+
+`social-login` is a `flow` probe walking the social service's login journey (home page,
+login form with a password from a secret file, feed): in the `login_outage` phase the pages
+keep answering 200 from everywhere while every login is refused, the outage that motivated
+probenet, and the collector must say "global outage of social-login, at step login".
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ AGENTS: tuple[AgentSeat, ...] = (
 )
 
 SOCIAL_PROBES = ("social-web", "social-photos", "social-messenger", "social-threads")
+SOCIAL_LOGIN = "social-login"
 BANK_PROBES = ("bank-web", "bank-api")
 REGIONAL_OUTAGE_REGION = "ap-south"
 BROKEN_AGENT = "fra-2"
 
 PROBES: tuple[ProbePlan, ...] = (
     *(ProbePlan(name, "http", "social") for name in SOCIAL_PROBES),
+    ProbePlan(SOCIAL_LOGIN, "flow", "social"),
     ProbePlan("bank-web", "http", "bank"),
     ProbePlan("bank-api", "tcp", "bank"),
     ProbePlan("news-web", "http", "news"),
@@ -59,9 +66,14 @@ def demo_phases() -> tuple[Phase, ...]:
     return (
         Phase("healthy", "all healthy: every probe answers from every region"),
         Phase("global_outage",
-              "global outage: the social service (web, photos, messenger, threads) answers "
-              "503 from everywhere",
-              (Fault(frozenset(SOCIAL_PROBES), FaultMode.ERROR),)),
+              "global outage: the social service (web, photos, messenger, threads, login) "
+              "answers 503 from everywhere",
+              (Fault(frozenset({*SOCIAL_PROBES, SOCIAL_LOGIN}), FaultMode.ERROR),)),
+        recovery,
+        Phase("login_outage",
+              "login outage: social's pages still load from everywhere, but every login is "
+              "refused (users are logged out and cannot log back in)",
+              (Fault(frozenset({SOCIAL_LOGIN}), FaultMode.DENY_LOGIN),)),
         recovery,
         Phase("regional_outage",
               f"regional outage: bank (web stalls, api resets) only from "

@@ -1,7 +1,8 @@
 """The demo's live terminal view, rendered from the collector's API JSON (pure: no I/O).
 
-Three tables under a header: probe x region with each probe's state, open outages (scope,
-regions, phase, duration), and agent health. Words stay in the cells next to the colours
+Three tables under a header: probe x region with each probe's state (and, for a flow probe
+in outage, the step that fails), open outages (scope, regions, step, phase, duration), and
+agent health. Words stay in the cells next to the colours
 ("down", "global_outage", "impaired") so the view reads on a monochrome terminal and can be
 checked as text.
 """
@@ -97,6 +98,8 @@ def targets_table(targets: Sequence[TargetEntry], regions: Sequence[str]) -> Tab
             cells.append(Text(VERDICT_MARKS.get(verdict, verdict),
                               style=VERDICT_STYLES.get(verdict, "")))
         state = Text(target.state, style=STATE_STYLES.get(target.state, ""))
+        if target.step and target.state != "up":
+            state.append(f" at {target.step}", style=STATE_STYLES.get(target.state, ""))
         if target.flapping:
             state.append(" flapping", style="bold yellow")
         cells.append(state)
@@ -105,13 +108,13 @@ def targets_table(targets: Sequence[TargetEntry], regions: Sequence[str]) -> Tab
 
 
 def outages_table(outages: Sequence[OutageEntry], now: float) -> Table:
-    """Open outages: what, scope, regions, phase and reason, how long, detected after."""
+    """Open outages: what, scope, regions, step, phase and reason, how long, detected after."""
     table = Table(title=f"open outages ({len(outages)})", title_justify="left")
-    for name in ("id", "kind", "about", "scope", "regions", "phase", "reason", "for",
+    for name in ("id", "kind", "about", "scope", "regions", "step", "phase", "reason", "for",
                  "detected in"):
         table.add_column(name, no_wrap=name not in {"regions", "about"})
     if not outages:
-        table.add_row("-", "", Text("none", style="green"), "", "", "", "", "", "")
+        table.add_row("-", "", Text("none", style="green"), "", "", "", "", "", "", "")
     for outage in sorted(outages, key=lambda o: o.started_at):
         scope_style = "bold red" if outage.scope == "global" else "bold yellow"
         about = outage.subject
@@ -120,7 +123,8 @@ def outages_table(outages: Sequence[OutageEntry], now: float) -> Table:
         duration = _since(outage.started_at, now) or 0.0
         table.add_row(
             outage.id[:8], outage.kind, about, Text(outage.scope, style=scope_style),
-            ", ".join(outage.regions) or "-", outage.phase or "-", outage.reason or "-",
+            ", ".join(outage.regions) or "-", outage.step or "-", outage.phase or "-",
+            outage.reason or "-",
             format_seconds(duration), format_seconds(outage.detection_seconds))
     return table
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("probenet.lab.fleet")
 
-ProbeKind = Literal["http", "tcp", "dns"]
+ProbeKind = Literal["http", "tcp", "dns", "flow"]
 
 # Run as `python -c` because `probenet` is a namespace package (no `python -m probenet`).
 # PR_SET_PDEATHSIG makes the child get SIGTERM if the process that started it dies without
@@ -185,8 +185,36 @@ class FleetPlan:
         return f"http://127.0.0.1:{self.http_port}"
 
 
-def probe_config(probe: ProbePlan, targets: FaultyTargets) -> dict[str, Any]:
-    """One entry of an agent's `probes:` list, pointing at the fault-injecting targets."""
+def flow_config(targets: FaultyTargets, password_file: Path) -> dict[str, Any]:
+    """The `flow:` options of a login journey: home (read the CSRF token), login, feed.
+
+    The password comes from `password_file` (a secret: never logged, sent or exported);
+    the login step does not follow its redirect, so a refused login fails at `login`
+    rather than at `feed`.
+    """
+    return {
+        "variables": {"user": targets.journey.user},
+        "secrets": {"password": {"file": str(password_file)}},
+        "steps": [
+            {"name": "home", "expect": {"status": ["200"]},
+             "extract": {"csrf": {"body_regex": 'name="csrf" value="([^"]+)"'}}},
+            {"name": "login",
+             "request": {"method": "POST", "url": "login", "follow_redirects": False,
+                         "form": {"user": "${user}", "password": "${password}",
+                                  "csrf": "${csrf}"}},
+             "expect": {"status": ["303"], "headers": {"location": "feed$"}}},
+            {"name": "feed", "request": {"url": "feed"},
+             "expect": {"status": ["200"], "body_regex": "Welcome"}},
+        ],
+    }
+
+
+def probe_config(probe: ProbePlan, targets: FaultyTargets,
+                 secrets_dir: Path | None = None) -> dict[str, Any]:
+    """One entry of an agent's `probes:` list, pointing at the fault-injecting targets.
+
+    A `flow` probe reads its password from `secrets_dir/<probe>` (see `write_configs`).
+    """
     entry: dict[str, Any] = {"name": probe.name}
     if probe.service:
         entry["service"] = probe.service
@@ -197,6 +225,11 @@ def probe_config(probe: ProbePlan, targets: FaultyTargets) -> dict[str, Any]:
     elif probe.kind == "tcp":
         entry["target"] = targets.tcp_address(probe.name)
         entry["tcp"] = {"expect": "ready"}
+    elif probe.kind == "flow":
+        if secrets_dir is None:
+            raise LabError(f"flow probe {probe.name!r}: no folder for its secret file")
+        entry["target"] = targets.flow_url(probe.name)
+        entry["flow"] = flow_config(targets, secrets_dir / probe.name)
     else:
         entry["target"] = targets.dns_name(probe.name)
         entry["dns"] = {"server": targets.dns_server(), "record": "A",
@@ -238,7 +271,7 @@ def agent_config(plan: FleetPlan, seat: AgentSeat, targets: FaultyTargets,
                   "source_address": seat.source_address},
         "collectors": [collector],
         "defaults": defaults,
-        "probes": [probe_config(p, targets) for p in plan.probes],
+        "probes": [probe_config(p, targets, workdir / "secrets") for p in plan.probes],
     }
 
 
@@ -254,6 +287,14 @@ def write_configs(plan: FleetPlan, targets: FaultyTargets, workdir: Path) -> dic
             if not path.exists():
                 path.write_text(secrets.token_urlsafe(24) + "\n", encoding="utf-8")
                 path.chmod(0o600)
+    flows = [p.name for p in plan.probes if p.kind == "flow"]
+    if flows:
+        folder = workdir / "secrets"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        for name in flows:
+            path = folder / name
+            path.write_text(targets.login_password + "\n", encoding="utf-8")
+            path.chmod(0o600)
     paths = {"collector": workdir / "collector.yaml"}
     _dump(paths["collector"], collector_config(plan, workdir))
     for seat in plan.agents:

@@ -28,6 +28,7 @@ class TargetEntry(_Entry):
     state: str  # up | regional_outage | global_outage | unknown
     regions: dict[str, str]  # region -> up | down | unknown
     flapping: bool = False
+    step: str | None = None  # a flow probe in outage: the step that fails
 
 
 class OutageEntry(_Entry):
@@ -45,6 +46,7 @@ class OutageEntry(_Entry):
     regions_ever: list[str] = []
     phase: str | None = None
     reason: str | None = None
+    step: str | None = None  # flow probes: the failing step seen most
     started_at: dt.datetime
     detected_at: dt.datetime
     ended_at: dt.datetime | None = None
@@ -76,7 +78,7 @@ class OutageEntry(_Entry):
             "id": self.id, "kind": self.kind, "probe": self.probe, "service": self.service,
             "region": self.region, "probes": self.probes, "scope": self.scope,
             "peak_scope": self.peak_scope, "regions_ever": self.regions_ever,
-            "phase": self.phase, "reason": self.reason,
+            "phase": self.phase, "reason": self.reason, "step": self.step,
             "started_at": self.started_at.isoformat(),
             "detected_at": self.detected_at.isoformat(),
             "ended_at": self.ended_at.isoformat() if self.ended_at else None,

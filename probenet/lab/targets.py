@@ -11,6 +11,13 @@ with a `FaultMode` (or None: answer normally). One `FaultyTargets` serves many p
 | reset   | reset (RST)       | reset (RST)            | REFUSED                     |
 | stall   | no response       | no banner              | no answer                   |
 
+A login journey for `flow` probes lives under `/j/{probe}/` (see `LoginJourney`): the home
+page (a login form with a CSRF token), `login` (POST: user, password, csrf; 303 to `feed`
+with a session cookie) and `feed` (needs the session). The three modes above hit every page
+of it; `deny_login` hits only the login step (it answers 200 with an error page and no
+session, the way the seed's outage looked: pages load, nobody can log in) and leaves every
+other target healthy.
+
 A TCP probe only fails on a reset or stall when it waits for the banner: configure it with
 `tcp: {expect: "ready"}` (the kernel completes the handshake before any process sees it, so
 a connect alone always succeeds on loopback).
@@ -21,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import html
 import logging
+import secrets
 import socket
 import struct
 import time
@@ -60,6 +69,7 @@ class FaultMode(StrEnum):
     ERROR = "error"
     RESET = "reset"
     STALL = "stall"
+    DENY_LOGIN = "deny_login"
 
 
 FaultPolicy = Callable[[str, str], FaultMode | None]
@@ -101,9 +111,16 @@ class FaultyTargets:
         max_stall_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         history: int = 100_000,
+        login_user: str = "probe-bot",
+        login_password: str | None = None,
     ) -> None:
-        """Nothing is bound until the context is entered."""
+        """Nothing is bound until the context is entered.
+
+        The login journey accepts `login_user` with `login_password` (default: a random one,
+        read it back as `login_password`, e.g. to write the agents' secret file).
+        """
         self._policy = policy
+        self.journey = LoginJourney(login_user, login_password or secrets.token_urlsafe(18))
         self._tcp_probes = tuple(dict.fromkeys(tcp_probes))
         self._host = host
         self._max_stall_s = max_stall_s
@@ -141,6 +158,9 @@ class FaultyTargets:
         app = web.Application()
         app.router.add_get("/", self._index)
         app.router.add_route("*", "/p/{probe}", self._http)
+        app.router.add_get("/j/{probe}/", self._journey_home)
+        app.router.add_post("/j/{probe}/login", self._journey_login)
+        app.router.add_get("/j/{probe}/feed", self._journey_feed)
         try:
             # aiohttp's default wait: stalled requests end on `_closing` before cleanup.
             site = await serve_app(app, self._host, 0, shutdown_timeout_s=60.0,
@@ -199,6 +219,15 @@ class FaultyTargets:
         base = f"http://{self._host}:{self._http_port}/"
         return f"{base}p/{probe}" if probe else base
 
+    def flow_url(self, probe: str) -> str:
+        """The base URL of `probe`'s login journey (its home page)."""
+        return f"http://{self._host}:{self._http_port}/j/{probe}/"
+
+    @property
+    def login_password(self) -> str:
+        """The password the login journey accepts."""
+        return self.journey.password
+
     def tcp_address(self, probe: str) -> str:
         """The `host:port` of `probe`'s own TCP target (it must be in `tcp_probes`)."""
         server = self._tcp_servers.get(probe)
@@ -250,8 +279,13 @@ class FaultyTargets:
     async def _http(self, request: web.Request) -> web.StreamResponse:
         probe = request.match_info["probe"]
         fault = self._decide(probe, request.remote or "", "http")
-        if fault is None:
+        if fault is None or fault is FaultMode.DENY_LOGIN:
             return web.Response(text=f"ok {probe}\n")
+        return await self._http_fault(request, probe, fault)
+
+    async def _http_fault(self, request: web.Request, probe: str,
+                          fault: FaultMode) -> web.StreamResponse:
+        """Answer with `fault` (error, reset or stall)."""
         if fault is FaultMode.ERROR:
             return web.Response(status=503, text=f"{probe} is unavailable\n")
         transport = request.transport
@@ -264,6 +298,53 @@ class FaultyTargets:
         if transport is not None:
             transport.abort()
         return web.Response(status=504)  # never sent
+
+    # -- login journey ---------------------------------------------------------------------
+
+    def _journey_fault(self, request: web.Request, step: str) -> tuple[str, FaultMode | None]:
+        probe = request.match_info["probe"]
+        fault = self._decide(probe, request.remote or "", "http")
+        if fault is FaultMode.DENY_LOGIN and step != "login":
+            fault = None
+        return probe, fault
+
+    async def _journey_home(self, request: web.Request) -> web.StreamResponse:
+        probe, fault = self._journey_fault(request, "home")
+        if fault is not None:
+            return await self._http_fault(request, probe, fault)
+        csrf = self.journey.new_csrf()
+        response = web.Response(text=self.journey.home_page(probe, csrf),
+                                content_type="text/html")
+        response.set_cookie("csrf", csrf, path=f"/j/{probe}/", httponly=True, samesite="Lax")
+        return response
+
+    async def _journey_login(self, request: web.Request) -> web.StreamResponse:
+        probe, fault = self._journey_fault(request, "login")
+        if fault is not None and fault is not FaultMode.DENY_LOGIN:
+            return await self._http_fault(request, probe, fault)
+        form = await request.post()
+        if fault is FaultMode.DENY_LOGIN:
+            return web.Response(text=self.journey.error_page(), content_type="text/html")
+        session = self.journey.log_in(
+            str(form.get("user", "")), str(form.get("password", "")),
+            str(form.get("csrf", "")), request.cookies.get("csrf", ""))
+        if session is None:
+            return web.Response(status=401, text=self.journey.error_page(),
+                                content_type="text/html")
+        response = web.Response(status=303, headers={"Location": f"/j/{probe}/feed"})
+        response.set_cookie("session", session, path=f"/j/{probe}/", httponly=True,
+                            samesite="Lax")
+        return response
+
+    async def _journey_feed(self, request: web.Request) -> web.StreamResponse:
+        probe, fault = self._journey_fault(request, "feed")
+        if fault is not None:
+            return await self._http_fault(request, probe, fault)
+        user = self.journey.user_of(request.cookies.get("session", ""))
+        if user is None:
+            return web.Response(status=302, headers={"Location": f"/j/{probe}/"})
+        return web.Response(text=f"<h1>Welcome {html.escape(user)}</h1>\n",
+                            content_type="text/html")
 
     # -- TCP -------------------------------------------------------------------------------
 
@@ -340,6 +421,64 @@ class FaultyTargets:
                 qname, 5, dns.rdataclass.IN, question.rdtype, address))
         response.flags |= dns.flags.AA
         return response.to_wire()
+
+
+class LoginJourney:
+    """The state of the demo's login journey: one user, CSRF tokens and sessions (bounded).
+
+    Not a security model: just enough for a probe to have to carry a cookie, a token read
+    from a form, and a credential, the way a browser does.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, user: str, password: str) -> None:
+        """Accept `user` with `password`."""
+        self.user = user
+        self.password = password
+        self._csrf: dict[str, None] = {}
+        self._sessions: dict[str, str] = {}
+
+    @staticmethod
+    def _remember(store: dict[str, Any], key: str, value: Any) -> None:
+        store[key] = value
+        while len(store) > LoginJourney.MAX_ENTRIES:
+            del store[next(iter(store))]
+
+    def new_csrf(self) -> str:
+        """A fresh CSRF token for a home page."""
+        token = secrets.token_hex(12)
+        self._remember(self._csrf, token, None)
+        return token
+
+    def log_in(self, user: str, password: str, csrf: str, csrf_cookie: str) -> str | None:
+        """A new session id for good credentials and a matching, known CSRF token."""
+        if not csrf or csrf != csrf_cookie or csrf not in self._csrf:
+            return None
+        if not (secrets.compare_digest(user, self.user)
+                and secrets.compare_digest(password.encode(), self.password.encode())):
+            return None
+        session = secrets.token_hex(16)
+        self._remember(self._sessions, session, user)
+        return session
+
+    def user_of(self, session: str) -> str | None:
+        """The user of a session id, or None."""
+        return self._sessions.get(session)
+
+    @staticmethod
+    def home_page(probe: str, csrf: str) -> str:
+        """The home page: a login form."""
+        return (f"<html><body><h1>{html.escape(probe)}</h1>\n"
+                f'<form method="post" action="/j/{html.escape(probe)}/login">\n'
+                f'<input type="hidden" name="csrf" value="{csrf}">\n'
+                '<input name="user"><input type="password" name="password">\n'
+                "<button>Log in</button></form></body></html>\n")
+
+    @staticmethod
+    def error_page() -> str:
+        """What a refused login shows."""
+        return "<html><body><p>Something went wrong. Please log in again.</p></body></html>\n"
 
 
 class _DnsProtocol(asyncio.DatagramProtocol):

@@ -187,6 +187,31 @@ def test_service_outage_mutes_the_probe_alerts_of_that_service_only(alertmanager
         "example-web"}
 
 
+def test_service_outage_mutes_the_flow_alert_of_that_service_only(alertmanager):
+    url, webhook = alertmanager
+    s = "service-flow"
+    fire(url,
+         labels(s, "ProbenetServiceOutage", service="social", scope="global", severity="page",
+                component="target"),
+         labels(s, "ProbenetFlowGlobalOutage", "login", probe="social-login", service="social",
+                step="login", severity="page", component="target"),
+         labels(s, "ProbenetFlowGlobalOutage", "pay", probe="shop-checkout", service="shop",
+                step="pay", severity="page", component="target"))
+    state = wait_for(
+        lambda: (r := inhibited(url, s)) and r.get("ProbenetFlowGlobalOutage/login") and r,
+        "the social flow alert to be inhibited")
+    assert state == {"ProbenetServiceOutage/": False, "ProbenetFlowGlobalOutage/login": True,
+                     "ProbenetFlowGlobalOutage/pay": False}
+    # The other service's flow outage still pages, with its step.
+    wait_for(lambda: ("ProbenetFlowGlobalOutage", "firing") in webhook.alertnames(
+        "/probenet/page"), "the flow page")
+    with webhook.lock:
+        paged = [a["labels"] for p, body in webhook.received if p == "/probenet/page"
+                 for a in body["alerts"] if a["labels"].get("scenario") == s
+                 and a["labels"]["alertname"] == "ProbenetFlowGlobalOutage"]
+    assert {(a["probe"], a["step"]) for a in paged} == {("shop-checkout", "pay")}
+
+
 def test_isolated_region_mutes_its_own_agent_alerts(alertmanager):
     url, _ = alertmanager
     s = "isolated"

@@ -56,6 +56,14 @@ MAY_BE_EMPTY = {
     "rule ProbenetCollectorDown",       # the collector is up
     "rule ProbenetCollectorNotIngesting",  # ... and ingesting
     "rule ProbenetCollectorEventLoopLag",  # ... and its event loop is not held
+    # This fleet runs no `flow` probe: no per-step series, no outage with a failing step.
+    "rule ProbenetFlowGlobalOutage",
+    "probenet-overview.json panel 20 'Flow outages by step' ref A",
+    "probenet-overview.json panel 21 'Flow steps by region (now)' ref A",
+    "probenet-probe.json panel 18 'Flow step results per region' ref A",
+    "probenet-probe.json panel 19 'Flow steps by region (now)' ref A",
+    "probenet-probe.json panel 20 'Flow step duration per region' ref A",
+    "probenet-probe.json panel 21 'Open outage fails at step' ref A",
 }
 
 

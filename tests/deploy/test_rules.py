@@ -93,6 +93,8 @@ def test_amtool_check_config():
 @pytest.mark.parametrize(("labels", "receiver"), [
     (["alertname=ProbenetGlobalOutage", "severity=page", "service=meta"], "team-pager"),
     (["alertname=ProbenetServiceOutage", "severity=page", "service=meta"], "team-pager"),
+    (["alertname=ProbenetFlowGlobalOutage", "severity=page", "service=social", "step=login"],
+     "team-pager"),
     (["alertname=ProbenetRegionalOutage", "severity=warning"], "team-chat"),
     (["alertname=ProbenetAgentImpaired", "severity=warning"], "team-chat"),
 ])

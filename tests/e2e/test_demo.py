@@ -21,6 +21,7 @@ from probenet.demo.scenario import (
     BANK_PROBES,
     BROKEN_AGENT,
     REGIONAL_OUTAGE_REGION,
+    SOCIAL_LOGIN,
     SOCIAL_PROBES,
     demo_phases,
     demo_schedule,
@@ -51,10 +52,11 @@ def test_demo_plays_one_cycle_and_classifies_each_fault():
     stdout = result.stdout
     assert f"http://127.0.0.1:{port}/metrics" in stdout
     assert f"http://127.0.0.1:{port}/api/v1/targets" in stdout
-    for index, phase in enumerate(demo_phases(), start=1):
-        assert f"phase {index}/7: {phase.title}" in result.stderr
+    phases = demo_phases()
+    for index, phase in enumerate(phases, start=1):
+        assert f"phase {index}/{len(phases)}: {phase.title}" in result.stderr
     summary = json.loads(stdout.strip().splitlines()[-1])
-    assert summary["phases_played"][:7] == [p.name for p in demo_phases()]
+    assert summary["phases_played"][:len(phases)] == [p.name for p in phases]
 
     outages = summary["outages"]
     by_probe = {o["probe"]: o for o in outages if o["kind"] == "probe"}
@@ -68,7 +70,22 @@ def test_demo_plays_one_cycle_and_classifies_each_fault():
     social = [o for o in outages if o["kind"] == "service" and o["service"] == "social"]
     assert len(social) == 1
     assert social[0]["peak_scope"] == "global"
-    assert set(social[0]["probes"]) == set(SOCIAL_PROBES)
+    assert set(social[0]["probes"]) == {*SOCIAL_PROBES, SOCIAL_LOGIN}
+    # The login outage (the seed's): pages up, every login refused. The flow probe's own
+    # record says global, from every region, failing at step `login`; in the global outage
+    # before it, its record failed at `home` (the whole service answered 503).
+    login = sorted((o for o in outages if o["kind"] == "probe" and o["probe"] == SOCIAL_LOGIN),
+                   key=lambda o: o["started_at"])
+    assert [o["step"] for o in login] == ["home", "login"], login
+    assert login[1]["peak_scope"] == "global", login
+    assert sorted(login[1]["regions_ever"]) == ALL_REGIONS, login
+    assert login[1]["phase"] == "validation", login
+    assert all(o["step"] is None for o in outages if o["probe"] in SOCIAL_PROBES)
+    # The log line of the login outage (structured logs: stderr under --no-ui).
+    opened = [line for line in result.stderr.splitlines()
+              if "outage opened: probe social-login, global" in line and "at step login" in line]
+    assert opened, result.stderr[-3000:]
+    assert "social's pages still up (" in opened[0], opened
     # The regional outage: bank, from ap-south only.
     for probe in BANK_PROBES:
         record = by_probe[probe]
@@ -77,12 +94,13 @@ def test_demo_plays_one_cycle_and_classifies_each_fault():
     # The broken agent: impaired, and nothing else was.
     assert summary["impaired_agents"] == [{"id": BROKEN_AGENT, "region": "eu-central"}]
     # No other outage: only the social and bank probes, and their service records.
-    expected = set(SOCIAL_PROBES) | set(BANK_PROBES)
+    expected = {*SOCIAL_PROBES, SOCIAL_LOGIN, *BANK_PROBES}
     unexpected = [o for o in outages
                   if not (o["kind"] == "probe" and o["probe"] in expected)
                   and not (o["kind"] == "service" and o["service"] in {"social", "bank"})]
     assert unexpected == []
-    assert len([o for o in outages if o["kind"] == "probe"]) == len(expected)
+    # One record per probe, and two for the login flow (global outage, login outage).
+    assert len([o for o in outages if o["kind"] == "probe"]) == len(expected) + 1
     assert "agents impaired: fra-2 (eu-central)" in stdout
 
 
@@ -103,8 +121,9 @@ def test_demo_live_table_in_a_terminal():
     port = free_port()
     interval_s = 0.3
     schedule = demo_schedule(interval_s)
-    # Long enough to reach the broken-agent phase (the sixth) and see it impaired.
-    duration_s = schedule.phase_seconds * 6
+    # Long enough to reach the broken-agent phase (the eighth) and see it impaired.
+    names = [p.name for p in schedule.phases]
+    duration_s = schedule.phase_seconds * (names.index("agent_impaired") + 1)
     command = " ".join([
         *(f"'{part}'" for part in DEMO), "--interval", "300ms", "--duration",
         f"{duration_s:g}s", "--port", str(port)])
@@ -138,7 +157,9 @@ def test_demo_live_table_in_a_terminal():
                for s in screens for row in rows(s, BROKEN_AGENT)), \
         "the agents table never showed the broken agent impaired"
     assert "open outages" in seen
-    assert any("phase 2/7" in s for s in screens)
+    assert any(f"phase 2/{len(names)}" in s for s in screens)
+    assert any(state_of(s, SOCIAL_LOGIN) == "global_outage at login" for s in screens), \
+        "the table never showed the login flow failing at step login"
     assert f"http://127.0.0.1:{port}/metrics" in seen
 
 

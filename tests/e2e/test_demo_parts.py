@@ -28,6 +28,7 @@ from probenet.demo.scenario import (
     BROKEN_AGENT,
     PROBES,
     REGIONAL_OUTAGE_REGION,
+    SOCIAL_LOGIN,
     SOCIAL_PROBES,
     demo_phases,
     demo_schedule,
@@ -110,6 +111,49 @@ async def test_http_target_fails_by_source_address(targets):
     assert seen == [(HEALTHY, None), (ERROR, FaultMode.ERROR), (RESET, FaultMode.RESET),
                     (STALL, FaultMode.STALL)]
     assert {r.protocol for r in targets.served()} == {"http"}
+
+
+async def walk_login_journey(targets: FaultyTargets, probe: str, source: str,
+                             password: str) -> tuple[int, int, str]:
+    """Home, login, feed like a browser: (home status, login status, feed text or '')."""
+    connector = aiohttp.TCPConnector(local_addr=(source, 0), force_close=True)
+    base = targets.flow_url(probe)
+    # unsafe: keep cookies of an IP-address host (aiohttp's jar drops them by default).
+    async with aiohttp.ClientSession(connector=connector,
+                                     cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                     timeout=aiohttp.ClientTimeout(total=2)) as client:
+        async with client.get(base) as home:
+            page = await home.text()
+        csrf = page.split('name="csrf" value="', 1)[-1].split('"', 1)[0]
+        form = {"user": targets.journey.user, "password": password, "csrf": csrf}
+        async with client.post(base + "login", data=form, allow_redirects=False) as login:
+            await login.read()
+        feed_text = ""
+        if login.status == 303:
+            async with client.get(base + "feed", allow_redirects=False) as feed:
+                feed_text = await feed.text() if feed.status == 200 else ""
+        return home.status, login.status, feed_text
+
+
+async def test_login_journey_logs_in_and_deny_login_refuses_only_the_login():
+    deny = "127.0.0.9"
+
+    def policy(probe: str, peer: str) -> FaultMode | None:
+        return FaultMode.DENY_LOGIN if peer == deny else BY_PEER.get(peer)
+
+    async with FaultyTargets(policy, login_password="pw-123") as targets:
+        assert targets.login_password == "pw-123"
+        home, login, feed = await walk_login_journey(targets, "login", HEALTHY, "pw-123")
+        assert (home, login) == (200, 303)
+        assert "Welcome probe-bot" in feed
+        # A wrong password: 401, no session.
+        assert (await walk_login_journey(targets, "login", HEALTHY, "nope"))[1:] == (401, "")
+        # deny_login: the home page loads, the login answers 200 without a session, and
+        # the plain http target of the same probe stays healthy.
+        assert (await walk_login_journey(targets, "login", deny, "pw-123")) == (200, 200, "")
+        assert await http_get(targets.http_url("login"), deny) == 200
+        # The other faults hit every page of the journey.
+        assert (await walk_login_journey(targets, "login-x", ERROR, "pw-123"))[0] == 503
 
 
 async def test_tcp_target_sends_banner_or_resets_or_stalls(targets):
@@ -235,8 +279,8 @@ def test_scheduled_faults_follow_the_clock_and_the_peer():
 
 def test_demo_story_faults():
     phases = {p.name: p for p in demo_phases()}
-    assert list(phases) == ["healthy", "global_outage", "recovery", "regional_outage",
-                            "agent_impaired"]
+    assert list(phases) == ["healthy", "global_outage", "recovery", "login_outage",
+                            "regional_outage", "agent_impaired"]
     regions = {a.region for a in AGENTS}
     assert len(regions) >= 4
     assert any(sum(a.region == r for a in AGENTS) == 2 for r in regions)
@@ -245,8 +289,10 @@ def test_demo_story_faults():
         for probe in probe_names:
             assert phases["healthy"].fault_for(probe, agent) is None
             assert phases["recovery"].fault_for(probe, agent) is None
-            in_social = probe in SOCIAL_PROBES
+            in_social = probe in SOCIAL_PROBES or probe == SOCIAL_LOGIN
             assert (phases["global_outage"].fault_for(probe, agent) is not None) == in_social
+            login = phases["login_outage"].fault_for(probe, agent)
+            assert login is (FaultMode.DENY_LOGIN if probe == SOCIAL_LOGIN else None)
             regional = probe in BANK_PROBES and agent.region == REGIONAL_OUTAGE_REGION
             assert (phases["regional_outage"].fault_for(probe, agent) is not None) == regional
             broken = agent.id == BROKEN_AGENT
@@ -254,8 +300,8 @@ def test_demo_story_faults():
     # The impaired rule needs half of the broken agent's probes (and at least 3) down; a
     # healthy agent watching the global outage must stay below half.
     assert len(PROBES) >= 6
-    assert len(SOCIAL_PROBES) < len(PROBES) / 2
-    assert {p.kind for p in PROBES} == {"http", "tcp", "dns"}
+    assert len(SOCIAL_PROBES) + 1 < len(PROBES) / 2
+    assert {p.kind for p in PROBES} == {"http", "tcp", "dns", "flow"}
     # The regional outage's region has two agents, so it is a majority, not a lone agent.
     assert sum(a.region == REGIONAL_OUTAGE_REGION for a in AGENTS) == 2
     # The broken agent's region has another agent to fall back to.
@@ -368,7 +414,7 @@ def test_live_table_shows_states_regions_outages_and_agents():
     assert "? unknown" in text
     assert "impaired" in text
     assert "fra-2" in text
-    assert "phase 2/7" in text
+    assert f"phase 2/{len(schedule.phases)}" in text
     assert "http://127.0.0.1:9464/metrics" in text
     assert "01234567" in text  # short outage id
     assert "1m05s" in text  # open for 65 s

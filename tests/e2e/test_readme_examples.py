@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
+from probenet.agent.config import ConfigError
 from probenet.agent.config import load_config as load_agent
 from probenet.collector.config import load_config as load_collector
 from support.system import ROOT
@@ -35,6 +38,24 @@ def test_readme_collector_and_agent_examples_load(tmp_path):
     assert agent.agent.region == "eu-central"
     assert {p.kind for p in agent.probes} == {"http", "dns", "tcp", "tls"}
     assert {p.service for p in agent.probes} == {"social"}
+
+
+def test_readme_flow_example_loads(tmp_path):
+    flow_text = next(block for block in yaml_blocks() if "kind: flow" in block)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "social").write_text("not-the-real-one\n")
+    header = ("agent: {id: fra-1, region: eu-central}\n"
+              "collectors: [{address: '127.0.0.1:7070'}]\n")
+    (tmp_path / "agent.yaml").write_text(header + flow_text)
+    agent = load_agent(tmp_path / "agent.yaml")
+    (probe,) = agent.probes
+    assert probe.kind == "flow"
+    assert probe.flow is not None
+    assert [s.name for s in probe.flow.steps] == ["home", "login", "feed", "me"]
+    # Without its secret file, the same example is refused at the secret's position.
+    (tmp_path / "secrets" / "social").unlink()
+    with pytest.raises(ConfigError, match=r"agent.yaml:\d+:\d+: secret 'password'"):
+        load_agent(tmp_path / "agent.yaml")
 
 
 def test_readme_set_up_commands_are_the_makefiles():

@@ -59,6 +59,8 @@ PROBES = (
     ProbePlan("noise-dns", "dns"),
     ProbePlan("steady-web", "http"),
     ProbePlan("steady-dns", "dns"),
+    ProbePlan("portal-web", "http", "portal"),
+    ProbePlan("portal-login", "flow", "portal"),
 )
 
 
@@ -195,6 +197,80 @@ def test_regional_outage_names_its_region(quiet, latency):
     ended = wait_resolved(fleet, outage.id)
     assert ended.peak_scope == "regional"
     assert ended.regions_ever == ["ap-south"]
+
+
+def test_login_failing_everywhere_while_pages_load_is_a_global_outage_at_login(quiet,
+                                                                              latency):
+    fleet = quiet
+    injected = time.time()
+    fleet.faults.fail("portal-login", FaultMode.DENY_LOGIN)  # pages load, logins refused
+    outage, seconds = wait_outage(fleet, "portal-login", injected, scope="global")
+    latency.add(Latency("flow failing at one step, everywhere", "global", seconds,
+                        outage.detection_seconds, INTERVAL_S))
+    assert outage.step == "login"
+    assert outage.phase == "validation"
+    assert outage.reason == "http_status"
+    wait_outage(fleet, "portal-login", injected, regions=sorted(REGIONS))
+    views = fleet.targets_view()
+    assert (views["portal-login"].state, views["portal-login"].step) == ("global_outage", "login")
+    # The page itself (and the flow's home step) is up from everywhere.
+    assert views["portal-web"].state == "up"
+    assert views["portal-web"].step is None
+    assert fleet.outage_of("portal-web") is None
+    for agent in ("e1a", "s1", "f1"):
+        assert fleet.metric("probenet_step_success", probe="portal-login", step="home",
+                            agent=agent) == 1
+        assert fleet.metric("probenet_step_success", probe="portal-login", step="login",
+                            agent=agent) == 0
+        # The step after the failing one did not run.
+        assert fleet.metric("probenet_step_success", probe="portal-login", step="feed",
+                            agent=agent) is None
+    assert fleet.metric("probenet_outage_step", probe="portal-login", step="login") == 1
+    assert fleet.metric("probe_success", probe="portal-login", kind="flow", agent="s1") == 0
+
+    fleet.faults.clear("portal-login")
+    ended = wait_resolved(fleet, outage.id)
+    assert (ended.peak_scope, ended.step) == ("global", "login")
+    assert fleet.metric("probenet_step_success", probe="portal-login", step="feed",
+                        agent="s1") == 1
+    assert fleet.metric("probenet_outage_step", probe="portal-login", step="login") is None
+    assert_secret_nowhere(fleet)
+
+
+def test_login_failing_from_one_region_is_a_regional_outage_at_login(quiet, latency):
+    fleet = quiet
+    injected = time.time()
+    fleet.faults.fail("portal-login", FaultMode.DENY_LOGIN, regions=["us-east"])
+    outage, seconds = wait_outage(fleet, "portal-login", injected)
+    latency.add(Latency("flow failing at one step, one region", "regional", seconds,
+                        outage.detection_seconds, INTERVAL_S))
+    assert (outage.scope, outage.regions, outage.step) == ("regional", ["us-east"], "login")
+    view = fleet.targets_view()["portal-login"]
+    assert (view.state, view.step) == ("regional_outage", "login")
+    assert view.regions["us-east"] == "down"
+    assert all(view.regions[r] == "up" for r in REGIONS if r != "us-east")
+    fleet.faults.clear("portal-login")
+    ended = wait_resolved(fleet, outage.id)
+    assert (ended.peak_scope, ended.regions_ever) == ("regional", ["us-east"])
+
+
+def assert_secret_nowhere(fleet: FleetHarness) -> None:
+    """The flow's password is in its secret file and nowhere the collector or a log shows."""
+    assert fleet.targets is not None
+    secret = fleet.targets.login_password.encode()
+    assert (fleet.workdir / "secrets" / "portal-login").read_bytes().strip() == secret
+    for path in ("/metrics", "/api/v1/targets", "/api/v1/outages", "/api/v1/agents"):
+        assert secret not in fleet.get(path), path
+    logs = list((fleet.workdir / "logs").glob("*.log"))
+    assert logs
+    for log_file in logs:
+        assert secret not in log_file.read_bytes(), log_file
+    # The collector's journal and every agent's state file (spooled results).
+    stored = [p for p in fleet.workdir.rglob("*") if p.is_file() and (
+        p.name.startswith("journal.db") or ".spool" in p.name)]
+    assert any(".spool" in p.name for p in stored)
+    for path in stored:
+        assert secret not in path.read_bytes(), path
 
 
 def test_k_of_n_regions_around_the_global_threshold(quiet, latency):

@@ -1,7 +1,8 @@
 """Every metric the README documents is exported, with its documented labels.
 
 A mixed fleet (two agents in two regions, one probe of every kind against real local
-targets, one probe failing everywhere so an outage is open) streams to a real collector;
+targets, one http probe and one flow's second step failing everywhere so
+outages are open) streams to a real collector;
 its /metrics is checked against the README's metric tables.
 """
 
@@ -105,6 +106,10 @@ async def test_every_documented_metric_is_exported_with_its_labels(tmp_path):
   - {{name: cert, kind: tls, target: "127.0.0.1:{web.port}",
      tls: {{ca_file: "{ca.ca_file}", server_name: localhost}}}}
   - {{name: health, kind: grpc, target: "127.0.0.1:{grpc_port}"}}
+  - {{name: login, service: shop, kind: flow, target: "{web.url('/')}",
+     flow: {{tls: {{ca_file: "{ca.ca_file}"}},
+            steps: [{{name: home, request: {{url: /}}}},
+                    {{name: login, request: {{url: /down, method: POST}}}}]}}}}
 """
             agents = []
             for agent_id, region, source in (("fra-1", "eu", "127.0.0.2"),
@@ -116,10 +121,10 @@ defaults: {{interval: 300ms, timeout: 250ms, confirm_delay: 50ms}}
 stream: {{linger: 20ms}}
 probes:{probes}""")))
             async with agents[0], agents[1]:
-                await wait_until(lambda: any(
-                    o.probe == "checkout" for o in collector.classifier.open_outages()), 20)
+                await wait_until(lambda: {"checkout", "login"} <= {
+                    o.probe for o in collector.classifier.open_outages()}, 20)
                 await wait_until(lambda: sum(
-                    1 for _ in collector.classifier.samples()) == 14, 20)
+                    1 for _ in collector.classifier.samples()) == 16, 20)
                 _, _, text = await http_get(collector.http.url + "/metrics")
     finally:
         await grpc_server.stop(0)

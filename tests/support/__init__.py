@@ -5,6 +5,8 @@
 - `certs`: a throwaway certificate authority issuing server and client certificates
 - `targets`: real HTTP, TCP and DNS servers on loopback that misbehave on request
 - `probe_runs`: one probe built from a real agent config and run once
+- `login_server`: a small website with a login journey (CSRF form, session cookie, JSON
+  API) and fault switches, over HTTP or HTTPS, for `flow` probes
 - `collector_client`: a collector in-process, test agents speaking the wire protocol, API and
   metric readers
 - `mosquitto`: a real Mosquitto broker from its Debian binary, and subscribers

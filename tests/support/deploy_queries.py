@@ -42,6 +42,8 @@ CONTRACT_METRICS = frozenset({
     "probe_ssl_earliest_cert_expiry", "probe_http_duration_seconds", "probe_http_status_code",
     "probe_tls_version_info", "probe_dns_lookup_time_seconds", "probe_dns_answer_rrs",
     "probe_icmp_duration_seconds", "probe_grpc_healthcheck_response",
+    # flow probes (issue 13): per-step results, and the failing step of an open outage.
+    "probenet_step_success", "probenet_step_duration_seconds", "probenet_outage_step",
     "up",
 })
 

@@ -35,7 +35,7 @@ BROKEN = [
     ("bad_host_port.yaml", ("7:13: probes[0].target: invalid port '99999' in "
                            "'127.0.0.1:99999': expected 1-65535")),
     ("unknown_kind.yaml", ("6:11: probes[0].kind: Input should be 'http', 'tcp', 'dns', 'icmp', "
-                          "'tls' or 'grpc'")),
+                          "'tls', 'grpc' or 'flow'")),
     ("options_for_wrong_kind.yaml", ("8:11: probes[0].http: http options do not apply to a tcp "
                                     "probe (its options go under 'tcp:')")),
     ("timeout_not_below_interval.yaml", ("9:15: probe 'web': timeout (2s) must be shorter than "

@@ -221,3 +221,31 @@ async def test_entering_twice_is_an_error_and_leaving_is_idempotent():
             raise AssertionError("entered twice")
     await scheduler.__aexit__(None, None, None)
     assert all(e.handle is None for e in scheduler.probes.values())
+
+
+async def test_reload_rebuilds_a_flow_whose_secret_file_was_rotated(tmp_path):
+    """Same config, new password in the secret file: the reload takes the new value."""
+    secret = tmp_path / "password"
+    secret.write_text("first\n")
+    flow = parse_config(f"""
+agent: {{id: a, region: r}}
+collectors: [{{address: "127.0.0.1:1"}}]
+probes:
+  - name: login
+    kind: flow
+    target: http://127.0.0.1:9/
+    interval: 10s
+    flow:
+      secrets: {{password: {{file: "{secret}"}}}}
+      steps: [{{name: login, request: {{url: /login, method: POST, body: "${{password}}"}}}}]
+""").probes
+    scheduler = Scheduler(flow, sink=lambda _r: None)
+    async with scheduler:
+        first = scheduler.probes["login"]
+        assert scheduler.update(flow) == {"kept": 1, "changed": 0, "added": 0, "removed": 0}
+        assert scheduler.probes["login"] is first
+        secret.write_text("second\n")
+        assert scheduler.update(flow) == {"kept": 0, "changed": 1, "added": 0, "removed": 0}
+        rebuilt = scheduler.probes["login"].probe
+        assert rebuilt is not first.probe
+        assert rebuilt.values["password"] == "second"  # type: ignore[attr-defined]

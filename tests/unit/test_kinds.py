@@ -11,7 +11,7 @@ from probenet.kinds import PROBE_KINDS
 
 
 def test_the_kinds_of_the_contract():
-    assert PROBE_KINDS == ("http", "tcp", "dns", "icmp", "tls", "grpc")
+    assert PROBE_KINDS == ("http", "tcp", "dns", "icmp", "tls", "grpc", "flow")
 
 
 def test_every_kind_has_a_probe_module_with_a_build_function():
@@ -21,10 +21,17 @@ def test_every_kind_has_a_probe_module_with_a_build_function():
         assert callable(importlib.import_module(module_name).build)
 
 
+TARGETS = {"tcp": "127.0.0.1:80", "tls": "127.0.0.1:443", "grpc": "127.0.0.1:50051",
+           "http": "http://127.0.0.1/", "flow": "http://127.0.0.1/", "dns": "127.0.0.1",
+           "icmp": "127.0.0.1"}
+SECTIONS = {"flow": {"steps": [{"name": "home", "request": {"url": "/"}}]}}
+
+
 def test_every_kind_has_its_options_section_in_a_probe():
+    assert set(TARGETS) == set(PROBE_KINDS)
     for kind in PROBE_KINDS:
-        spec = ProbeSpec(name="p", kind=kind, target="127.0.0.1:80" if kind in {
-            "tcp", "tls", "grpc"} else "http://127.0.0.1/" if kind == "http" else "127.0.0.1")
+        extra = {kind: SECTIONS[kind]} if kind in SECTIONS else {}
+        spec = ProbeSpec(name="p", kind=kind, target=TARGETS[kind], **extra)
         assert spec.options is getattr(spec, kind)
         assert spec.options is not None
 

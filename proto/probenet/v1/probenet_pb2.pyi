@@ -334,18 +334,20 @@ class ProbeResult(_message.Message):
     TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
     INTERVAL_MS_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
     HTTP_FIELD_NUMBER: _builtins.int
     DNS_FIELD_NUMBER: _builtins.int
     ICMP_FIELD_NUMBER: _builtins.int
     TLS_FIELD_NUMBER: _builtins.int
     GRPC_FIELD_NUMBER: _builtins.int
+    FLOW_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Per-agent sequence number within the Hello's epoch, strictly increasing, from 1."""
     probe: _builtins.str
     """Probe name: the key of a target across the whole fleet."""
     target: _builtins.str
     kind: _builtins.str
-    """http | tcp | dns | icmp | tls | grpc"""
+    """http | tcp | dns | icmp | tls | grpc | flow"""
     service: _builtins.str
     success: _builtins.bool
     confirmed: _builtins.bool
@@ -368,6 +370,10 @@ class ProbeResult(_message.Message):
     """The probe's interval in milliseconds."""
     address: _builtins.str
     """The address actually probed (with all_addresses, one result per address)."""
+    step: _builtins.str
+    """For a failed `flow` probe: the name of the failing step ("" otherwise). The
+    collector's outage records group on it (DESIGN.md "step").
+    """
     @_builtins.property
     def phases(self) -> _containers.RepeatedCompositeFieldContainer[Global___PhaseDuration]: ...
     @_builtins.property
@@ -380,6 +386,8 @@ class ProbeResult(_message.Message):
     def tls(self) -> Global___TlsDetails: ...
     @_builtins.property
     def grpc(self) -> Global___GrpcDetails: ...
+    @_builtins.property
+    def flow(self) -> Global___FlowDetails: ...
     def __init__(
         self,
         *,
@@ -400,17 +408,19 @@ class ProbeResult(_message.Message):
         timestamp_ms: _builtins.int = ...,
         interval_ms: _builtins.int = ...,
         address: _builtins.str = ...,
+        step: _builtins.str = ...,
         http: Global___HttpDetails | None = ...,
         dns: Global___DnsDetails | None = ...,
         icmp: Global___IcmpDetails | None = ...,
         tls: Global___TlsDetails | None = ...,
         grpc: Global___GrpcDetails | None = ...,
+        flow: Global___FlowDetails | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "dns", b"dns", "grpc", b"grpc", "http", b"http", "icmp", b"icmp", "tls", b"tls"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "dns", b"dns", "flow", b"flow", "grpc", b"grpc", "http", b"http", "icmp", b"icmp", "tls", b"tls"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "confirmed", b"confirmed", "details", b"details", "dns", b"dns", "duration_seconds", b"duration_seconds", "error", b"error", "failed_phase", b"failed_phase", "grpc", b"grpc", "http", b"http", "icmp", b"icmp", "interval_ms", b"interval_ms", "kind", b"kind", "phases", b"phases", "probe", b"probe", "reason", b"reason", "seq", b"seq", "service", b"service", "status_code", b"status_code", "success", b"success", "target", b"target", "timeout_phase", b"timeout_phase", "timestamp_ms", b"timestamp_ms", "tls", b"tls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "confirmed", b"confirmed", "details", b"details", "dns", b"dns", "duration_seconds", b"duration_seconds", "error", b"error", "failed_phase", b"failed_phase", "flow", b"flow", "grpc", b"grpc", "http", b"http", "icmp", b"icmp", "interval_ms", b"interval_ms", "kind", b"kind", "phases", b"phases", "probe", b"probe", "reason", b"reason", "seq", b"seq", "service", b"service", "status_code", b"status_code", "step", b"step", "success", b"success", "target", b"target", "timeout_phase", b"timeout_phase", "timestamp_ms", b"timestamp_ms", "tls", b"tls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_details: _TypeAlias = _typing.Literal["http", "dns", "icmp", "tls", "grpc"]  # noqa: Y015
+    _WhichOneofReturnType_details: _TypeAlias = _typing.Literal["http", "dns", "icmp", "tls", "grpc", "flow"]  # noqa: Y015
     _WhichOneofArgType_details: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_details) -> _WhichOneofReturnType_details | None: ...
 
@@ -553,6 +563,74 @@ class TlsDetails(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TlsDetails: _TypeAlias = TlsDetails  # noqa: Y015
+
+@_typing.final
+class FlowStep(_message.Message):
+    """One step of a `flow` probe, as it ran. Steps after a failing one did not run and are absent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    FAILED_PHASE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    success: _builtins.bool
+    duration_seconds: _builtins.float
+    status_code: _builtins.int
+    """The final response's status code, or 0 when the step got none."""
+    failed_phase: Global___Phase.ValueType
+    """For the failing step: the phase inside the step and the machine-readable reason."""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        success: _builtins.bool = ...,
+        duration_seconds: _builtins.float = ...,
+        status_code: _builtins.int = ...,
+        failed_phase: Global___Phase.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_seconds", b"duration_seconds", "failed_phase", b"failed_phase", "name", b"name", "reason", b"reason", "status_code", b"status_code", "success", b"success"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FlowStep: _TypeAlias = FlowStep  # noqa: Y015
+
+@_typing.final
+class FlowDetails(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEPS_FIELD_NUMBER: _builtins.int
+    FAILED_STEP_INDEX_FIELD_NUMBER: _builtins.int
+    STEP_COUNT_FIELD_NUMBER: _builtins.int
+    failed_step_index: _builtins.int
+    """1-based index of the failing step (0 when the flow succeeded)."""
+    step_count: _builtins.int
+    """Steps configured (a failed flow runs fewer)."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___FlowStep]:
+        """The steps that ran, in order."""
+
+    def __init__(
+        self,
+        *,
+        steps: _abc.Iterable[Global___FlowStep] | None = ...,
+        failed_step_index: _builtins.int = ...,
+        step_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed_step_index", b"failed_step_index", "step_count", b"step_count", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FlowDetails: _TypeAlias = FlowDetails  # noqa: Y015
 
 @_typing.final
 class GrpcDetails(_message.Message):
