@@ -68,9 +68,8 @@ from ..templates import Template
 from .attempt import TIMEOUT_REASONS, bounded
 from .base import FAILURE_PHASES, PhaseTracker, ProbeFailure, ProbeOutcome
 from .connect import literal_addresses
-from .http import HttpConnector, HttpUrl, fetch
+from .http import HttpConnector, HttpUrl, fetch, http_tls_context
 from .resolve import Resolver, family_for, system_resolver
-from .tls import client_context
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -779,13 +778,7 @@ def build(spec: ProbeSpec, *, source_address: str | None,
             raise ValueError(f"secret {name!r} is empty")
         secrets[name] = value
     tls = options.tls
-    context = None
-    if spec.target.startswith("https:") or tls is not None:
-        context = client_context(
-            tls.ca_file if tls else None,
-            insecure_skip_verify=bool(tls and tls.insecure_skip_verify),
-            cert_file=tls.cert_file if tls else None, key_file=tls.key_file if tls else None)
-        context.set_alpn_protocols(["http/1.1"])
+    context = http_tls_context(spec.target, tls)
     connector = HttpConnector(
         source_address=source_address, family=family_for(options.ip_family, source_address),
         ssl_context=context, server_name=tls.server_name if tls else None,

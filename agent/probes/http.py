@@ -43,9 +43,10 @@ from .tls import client_context, handshake_failure
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from ..config import HttpOptions, IpFamily, ProbeSpec
+    from ..config import HttpOptions, IpFamily, ProbeSpec, TlsClientOptions
 
-__all__ = ["Fetched", "HopHooks", "HttpConnector", "HttpProbe", "HttpUrl", "build", "fetch"]
+__all__ = ["Fetched", "HopHooks", "HttpConnector", "HttpProbe", "HttpUrl", "build", "fetch",
+           "http_tls_context"]
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +321,18 @@ def _read_secret(path: str, what: str) -> str:
         raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
+def http_tls_context(target: str, tls: TlsClientOptions | None) -> ssl.SSLContext | None:
+    """The client TLS context of an https target (or one with TLS options), HTTP/1.1 only."""
+    if not target.startswith("https:") and tls is None:
+        return None
+    context = client_context(
+        tls.ca_file if tls else None,
+        insecure_skip_verify=bool(tls and tls.insecure_skip_verify),
+        cert_file=tls.cert_file if tls else None, key_file=tls.key_file if tls else None)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
 def build(spec: ProbeSpec, *, source_address: str | None,
           resolver: Resolver = system_resolver) -> HttpProbe:
     """Build an `http` probe from its spec; raise ValueError for unusable TLS or auth files."""
@@ -327,13 +340,7 @@ def build(spec: ProbeSpec, *, source_address: str | None,
     if options is None:  # pragma: no cover - the config always sets the probe's own options
         raise ValueError("http options missing")
     tls = options.tls
-    context = None
-    if spec.target.startswith("https:") or tls is not None:
-        context = client_context(
-            tls.ca_file if tls else None,
-            insecure_skip_verify=bool(tls and tls.insecure_skip_verify),
-            cert_file=tls.cert_file if tls else None, key_file=tls.key_file if tls else None)
-        context.set_alpn_protocols(["http/1.1"])
+    context = http_tls_context(spec.target, tls)
     auth_header = None
     if options.auth is not None and options.auth.basic is not None:
         password = _read_secret(options.auth.basic.password_file, "password_file")
