@@ -24,13 +24,17 @@ from probenet.lifecycle import EnterOnce
 from .errors import JournalError, LifecycleError, ServiceError
 from .exposition import ExpositionFormat, gzip_chunks
 from .journal import Journal
+from .maintenance_api import add_maintenance_routes
 from .model import AgentView, OutageRecord
+from .uptime_api import UptimeApi
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Callable, Sequence
 
     from .classify import Classifier
     from .exposition import MetricsPage
+    from .maintenance import MaintenanceStore
+    from .status.routes import StatusPage
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,10 @@ _INDEX = """<!doctype html>
 <li><a href="/api/v1/outages?active=true">/api/v1/outages?active=true</a>: open outages
  (<a href="/api/v1/outages">all</a>, <code>?limit=N</code>)</li>
 <li><a href="/api/v1/agents">/api/v1/agents</a>: agents</li>
+<li><a href="/api/v1/maintenance">/api/v1/maintenance</a>: maintenance windows
+ (<code>?active=true</code>; POST and DELETE with the admin token)</li>
+<li><code>/api/v1/uptime?probe=P&amp;days=30</code> (or <code>?service=S</code>): uptime
+ reports; <code>/api/v1/outages/{id}</code>: one outage with its timeline</li>
 <li><a href="/healthz">/healthz</a>, <a href="/readyz">/readyz</a></li>
 </ul></body></html>
 """
@@ -230,10 +238,13 @@ class HttpApi:
     def __init__(self, address: str, *, classifier: Classifier, journal: Journal,
                  page: MetricsPage,
                  ready: Callable[[], bool],
-                 registered_agents: Sequence[tuple[str, str]] = ()) -> None:
+                 registered_agents: Sequence[tuple[str, str]] = (),
+                 maintenance: MaintenanceStore | None = None,
+                 status: StatusPage | None = None) -> None:
         """`page` renders /metrics; `ready` answers /readyz.
 
-        `registered_agents` (id, region) list never-seen agents.
+        `registered_agents` (id, region) list never-seen agents. `maintenance`: the windows
+        /api/v1/maintenance serves (and, with its admin token, lets clients change).
         """
         self._host, self._port = split_listen(address)
         self._classifier = classifier
@@ -241,6 +252,8 @@ class HttpApi:
         self._page = page
         self._ready = ready
         self._registered = tuple(registered_agents)
+        self._maintenance = maintenance
+        self._status = status  # the status page (/status...); `/` redirects to it
         self._runner: web.AppRunner | None = None
         self._lifecycle = EnterOnce("HttpApi", LifecycleError)
         self.port = 0
@@ -254,12 +267,17 @@ class HttpApi:
         """The aiohttp application (exposed for tests with aiohttp's test client)."""
         app = web.Application()
         app.router.add_get("/", self._index)
+        if self._status is not None:
+            self._status.register(app)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/api/v1/targets", self._targets)
         app.router.add_get("/api/v1/outages", self._outages)
         app.router.add_get("/api/v1/agents", self._agents)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if self._maintenance is not None:
+            add_maintenance_routes(app, self._maintenance, self._journal)
+        UptimeApi(classifier=self._classifier, journal=self._journal).register(app)
         return app
 
     async def __aenter__(self) -> Self:
@@ -286,6 +304,8 @@ class HttpApi:
     # -- handlers ------------------------------------------------------------------------
 
     async def _index(self, _request: web.Request) -> web.Response:
+        if self._status is not None:
+            raise web.HTTPFound("/status")
         return web.Response(text=_INDEX, content_type="text/html")
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:

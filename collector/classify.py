@@ -38,6 +38,10 @@ Points settled here (DESIGN.md and the lead's notes leave them open):
   "login fails with a 500" is not mixed up with "the home page times out". A service record
   takes the triple most of its probes' records show. A probe's view (/api/v1/targets, the
   retained MQTT state) shows the step of its open record, and changes with it.
+- Maintenance windows (`set_maintenance`): a covered (probe, region) keeps its verdict (for
+  recovery and the view after the window) but is no evidence: it shows `maintenance`,
+  counts as up towards the probe's state, corroborates no other region, and counts neither
+  for nor against its agents' impairment. The rest is on `set_maintenance`.
 """
 
 from __future__ import annotations
@@ -218,7 +222,10 @@ _DOWN = 2
 _V_UP = RegionVerdict.UP
 _V_DOWN = RegionVerdict.DOWN
 _V_UNKNOWN = RegionVerdict.UNKNOWN
+_V_MAINTENANCE = RegionVerdict.MAINTENANCE
+_NOT_COVERED: frozenset[str] = frozenset()
 _OUTAGE_STATES = frozenset({TargetState.REGIONAL_OUTAGE, TargetState.GLOBAL_OUTAGE})
+_RECOVERABLE_STATES = frozenset({TargetState.UP, TargetState.MAINTENANCE})
 
 # An agent timestamp further than this from the collector's receipt time is not believed
 # (agent clock badly off); the receipt time stands in for it.
@@ -453,10 +460,13 @@ class _Probe:
 
     __slots__ = (
         "changes",
+        "covered",
+        "covered_all",
         "flapping",
         "hold_until",
         "kind",
         "last_stable",
+        "maintenance_ended_at",
         "name",
         "outage",
         "regions",
@@ -482,6 +492,12 @@ class _Probe:
         self.hold_until = 0.0
         self.up_since = 0.0  # when the probe last turned up (a flapping record ends there)
         self.shown_step: str | None = None  # `step` of the last TargetChange emitted
+        # Maintenance (`Classifier.set_maintenance`): covered in every region, or in these.
+        self.covered_all = False
+        self.covered: frozenset[str] = frozenset()
+        # When a window last stopped covering one of its regions: a record opened after it
+        # starts no earlier (the failures during the window were maintenance).
+        self.maintenance_ended_at = 0.0
 
     @property
     def step(self) -> str | None:
@@ -496,9 +512,25 @@ class _Probe:
             found = self.regions[name] = _RegionState(name)
         return found
 
+    @property
+    def in_maintenance(self) -> bool:
+        """True while a maintenance window covers the probe in some region."""
+        return self.covered_all or bool(self.covered)
+
+    def covers(self, region: str) -> bool:
+        """Whether a maintenance window covers the probe in `region` now."""
+        return self.covered_all or region in self.covered
+
+    def fully_covered(self) -> bool:
+        """Covered in every region (with or without agents reporting it)."""
+        covered = self.covered
+        return self.covered_all or (bool(covered) and all(name in covered
+                                                          for name in self.regions))
+
     def down_regions(self) -> list[str]:
-        """Regions whose verdict is down."""
-        return [region.name for region in self.regions.values() if region.verdict is _V_DOWN]
+        """Regions whose verdict is down, but those a maintenance window covers."""
+        return [region.name for region in self.regions.values()
+                if region.verdict is _V_DOWN and not self.covers(region.name)]
 
     def outage_scope(self) -> Scope:
         """The scope of the probe's outage: global in a global outage, else regional."""
@@ -512,7 +544,8 @@ class _Probe:
             service=self.service,
             kind=self.kind,
             state=self.state,
-            regions={name: self.regions[name].verdict for name in sorted(self.regions)},
+            regions={name: (_V_MAINTENANCE if self.covers(name) else self.regions[name].verdict)
+                     for name in sorted(self.regions)},
             flapping=self.flapping,
             step=self.step,
         )
@@ -596,6 +629,11 @@ class Classifier:
         self._transitions: list[Transition] = []
         self._health_changes: list[AgentHealthChange] = []
         self._restored_at: float | None = None
+        # Maintenance: what the open windows cover, by probe and by service name (None:
+        # every region), and the probes covered somewhere now.
+        self._maintenance_probes: dict[str, frozenset[str] | None] = {}
+        self._maintenance_services: dict[str, frozenset[str] | None] = {}
+        self._covered_probes: set[str] = set()
 
     # -- input ---------------------------------------------------------------------------
 
@@ -649,6 +687,66 @@ class Classifier:
             self._degraded = side
             return True
         return False  # a duplicate, or names nothing it could be about
+
+    def set_maintenance(self, probes: Mapping[str, frozenset[str] | None], now: float, *,
+                        services: Mapping[str, frozenset[str] | None] | None = None) -> None:
+        """What the maintenance windows open at `now` cover: probe (or service) -> regions.
+
+        None covers every region, an empty set none; a probe missing from both maps is not
+        covered. Call it on every tick (windows open and close by the clock) and when the
+        windows change. A probe of a covered service is covered, also one first seen later.
+
+        While a window covers a (probe, region), that region's results are recorded and its
+        verdict kept as usual, but it is no evidence for an outage: it shows `maintenance`,
+        counts as not down, and no record opens on it (so no service record either). A
+        probe covered in every region that reports it is in state `maintenance`; partly
+        covered, its state comes from the other regions. A record already open when its
+        window starts stays open (it was no maintenance) and can only resolve, once no
+        region sees the probe down any more; regions it did not name are not added while
+        covered. When a window ends on a probe still failing, a record opens as usual,
+        started no earlier than the window's end.
+        """
+        new_probes = {name: cover for name, cover in probes.items() if cover != _NOT_COVERED}
+        new_services = {name: cover for name, cover in (services or {}).items()
+                        if cover != _NOT_COVERED}
+        old_probes, old_services = self._maintenance_probes, self._maintenance_services
+        if new_probes == old_probes and new_services == old_services:
+            return
+        affected = {name for name in old_probes.keys() | new_probes.keys()
+                    if old_probes.get(name, _NOT_COVERED) != new_probes.get(name, _NOT_COVERED)}
+        for service in old_services.keys() | new_services.keys():
+            if old_services.get(service, _NOT_COVERED) != new_services.get(service,
+                                                                           _NOT_COVERED):
+                affected.update(self._service_probes.get(service, ()))
+        self._maintenance_probes, self._maintenance_services = new_probes, new_services
+        for name in sorted(affected):
+            probe = self._probes.get(name)
+            if probe is not None and self._apply_coverage(probe, now):
+                self._evaluate(probe, now, covered_changed=True)
+
+    def _apply_coverage(self, probe: _Probe, now: float) -> bool:
+        """Set the probe's coverage from the maintenance maps; True when it changed."""
+        covered_all = False
+        covered = _NOT_COVERED
+        service = probe.service
+        for cover in (self._maintenance_probes.get(probe.name, _NOT_COVERED),
+                      self._maintenance_services.get(service, _NOT_COVERED) if service
+                      else _NOT_COVERED):
+            if cover is None:
+                covered_all, covered = True, _NOT_COVERED
+                break
+            covered = covered | cover
+        if covered_all == probe.covered_all and covered == probe.covered:
+            return False
+        lost_all = probe.covered_all and not covered_all
+        if lost_all or not (covered_all or probe.covered <= covered):
+            probe.maintenance_ended_at = now  # some region left its window
+        probe.covered_all, probe.covered = covered_all, covered
+        if probe.in_maintenance:
+            self._covered_probes.add(probe.name)
+        else:
+            self._covered_probes.discard(probe.name)
+        return True
 
     def agent_connected(self, agent_id: str, region: str, labels: Mapping[str, str],
                         interval_s: float, now: float) -> None:
@@ -816,6 +914,11 @@ class Classifier:
         for agent in self._agents.values():
             yield from agent.pairs.values()
 
+    def maintenance_probes(self) -> frozenset[str]:
+        """Probes a maintenance window covers in every region (probenet_maintenance_active)."""
+        return frozenset(name for name in self._covered_probes
+                         if self._probes[name].fully_covered())
+
     def isolated_regions(self) -> frozenset[str]:
         """Regions whose every agent (at least 2, distinct networks) is impaired."""
         return frozenset(self._isolated)
@@ -835,6 +938,8 @@ class Classifier:
         found = self._probes.get(name)
         if found is None:
             found = self._probes[name] = _Probe(name)
+            if self._maintenance_probes:
+                self._apply_coverage(found, 0.0)
         return found
 
     def _new_pair(self, agent: _Agent, result: ResultLike, now: float) -> _Pair:
@@ -860,6 +965,8 @@ class Classifier:
             probe.service = service
             if service is not None:
                 self._service_probes.setdefault(service, set()).add(probe.name)
+            if self._maintenance_probes or self._maintenance_services or probe.in_maintenance:
+                self._apply_coverage(probe, now)
             changed = True
         # Share the probe's strings when equal: one copy per probe, not per pair.
         pair.target = probe.target if target == probe.target else target
@@ -893,7 +1000,7 @@ class Classifier:
             self._note_identity(probe, pair, result, now)
         outage = probe.outage
         if (outage is not None and pair.region_state.verdict is _V_DOWN
-                and pair.agent_state.counted):
+                and pair.agent_state.counted and not probe.covers(pair.region)):
             self._count_failure(probe, outage, (phase_name(phase), reason or None, step or None),
                                 now)
         agent = pair.agent_state
@@ -995,7 +1102,9 @@ class Classifier:
         enough = self._params.impaired_min_probes
         seen = 0
         for pair in agent.pairs.values():
-            if pair.fresh and pair.verdict == _DOWN and self._up_elsewhere(pair, after_failure):
+            # A probe down under maintenance in the agent's region is no evidence against it.
+            if (pair.fresh and pair.verdict == _DOWN and not pair.probe_state.covers(pair.region)
+                    and self._up_elsewhere(pair, after_failure)):
                 seen += 1
                 if seen >= enough:
                     break
@@ -1120,19 +1229,30 @@ class Classifier:
 
     # -- regions and probes ----------------------------------------------------------------
 
-    def _evaluate(self, probe: _Probe, now: float, trigger: _RegionState | None = None) -> None:
+    def _evaluate(self, probe: _Probe, now: float, trigger: _RegionState | None = None, *,
+                  covered_changed: bool = False) -> None:
         """Region verdicts, then the probe's state, then its outage record.
 
         `trigger` is the region whose counted agent just sent an up result: only such an
-        evaluation counts towards a down region's recovery.
+        evaluation counts towards a down region's recovery. `covered_changed`: maintenance
+        coverage changed (the view changes even when no verdict does).
         """
         params = self._params
         regions = probe.regions.values()
         # "Another region sees the probe down too": two regions vote down, firm or not.
-        corroborated = _vote(regions, params.regional_confirmations) >= 2
+        voting_down = _vote(regions, params.regional_confirmations)
+        if voting_down >= 2 and probe.in_maintenance:
+            # A covered region's down vote corroborates nothing (maintenance fails it).
+            voting_down = sum(1 for r in regions
+                              if r.raw is _V_DOWN and not probe.covers(r.name))
+        corroborated = voting_down >= 2
         changed = _settle(regions, corroborated=corroborated, trigger=trigger,
                           recover_after=params.recover_after)
-        state = target_state((r.verdict for r in regions), params)
+        changed = changed or covered_changed
+        if probe.covered_all or probe.covered:
+            state = self._covered_state(probe)
+        else:
+            state = target_state((r.verdict for r in regions), params)
         if state is not probe.state:
             probe.state = state
             changed = True
@@ -1143,9 +1263,39 @@ class Classifier:
             self._emit_view(probe, now)
         self._reconcile_outage(probe, now, changed=changed)
 
+    def _covered_state(self, probe: _Probe) -> TargetState:
+        """A partly or wholly covered probe's state: covered regions with a verdict count as up.
+
+        Every region that reports the probe covered (or none reports it): maintenance.
+        """
+        regions = probe.regions
+        if all(probe.covers(name) for name in regions):
+            return TargetState.MAINTENANCE
+        return target_state(
+            (_V_UP if verdict is not _V_UNKNOWN and probe.covers(name) else verdict
+             for name, verdict in ((r.name, r.verdict) for r in regions.values())),
+            self._params)
+
+    def _recovered(self, probe: _Probe) -> bool:
+        """An open record may resolve: the probe is up, and no covered region sees it down."""
+        if not probe.in_maintenance:
+            return probe.state is TargetState.UP
+        verdicts = [region.verdict for region in probe.regions.values()]
+        return (probe.state in _RECOVERABLE_STATES and _V_DOWN not in verdicts
+                and _V_UP in verdicts)
+
+    def _record_regions(self, probe: _Probe, record: OutageRecord) -> list[str]:
+        """The regions an open record names now: down, and uncovered or named already."""
+        if not probe.in_maintenance:
+            return probe.down_regions()
+        named = record.regions
+        return [region.name for region in probe.regions.values()
+                if region.verdict is _V_DOWN and (not probe.covers(region.name)
+                                                  or region.name in named)]
+
     def _note_state_change(self, probe: _Probe, state: TargetState, now: float) -> None:
         """Flapping: count changes between up and an outage (either scope) inside the window."""
-        if state is TargetState.UNKNOWN:
+        if state is TargetState.UNKNOWN or state is TargetState.MAINTENANCE:
             return
         previous, probe.last_stable = probe.last_stable, state
         # Only up <-> outage counts: one outage passing through regional and global is one
@@ -1185,7 +1335,9 @@ class Classifier:
         """Open, update or resolve the probe's record to match its state.
 
         Unknown leaves an open record alone (no evidence either way); up resolves it unless
-        the probe is flapping; no new record opens while monitoring is degraded.
+        the probe is flapping; no new record opens while monitoring is degraded. Under
+        maintenance (`set_maintenance`), an open record resolves only once no region sees
+        the probe down.
         """
         state = probe.state
         outage = probe.outage
@@ -1197,7 +1349,7 @@ class Classifier:
                     self._open_probe_outage(probe, now)
             elif changed:
                 self._update_probe_outage(probe, outage, now)
-        elif state is TargetState.UP and outage is not None and not probe.flapping:
+        elif outage is not None and not probe.flapping and self._recovered(probe):
             probe.outage = None
             # A record held open by flapping ends when the probe last turned up (the uptime
             # it reports must not count the quiet minutes the flapping took to die down).
@@ -1271,7 +1423,7 @@ class Classifier:
     def _failing_pairs(self, probe: _Probe) -> Iterator[_Pair]:
         """Counted agents in a failing streak, in the probe's down regions."""
         for region in probe.regions.values():
-            if region.verdict is _V_DOWN:
+            if region.verdict is _V_DOWN and not probe.covers(region.name):
                 for pair in region.pairs:
                     if pair.first_fail_ms and pair.fresh and pair.agent_state.counted:
                         yield pair
@@ -1296,6 +1448,8 @@ class Classifier:
             counts[key] = counts.get(key, 0) + 1
             started = min(started, self._first_failure_s(pair))
         phase, reason, step = _most_seen(counts)
+        # Failures during a maintenance window that just ended were maintenance.
+        started = max(started, min(probe.maintenance_ended_at, now))
         record = OutageRecord.probe_outage(
             self._new_id(), probe.name, service=probe.service, scope=probe.outage_scope(),
             regions=probe.down_regions(), phase=phase, reason=reason, step=step,
@@ -1316,10 +1470,10 @@ class Classifier:
         scope = old.scope
         if probe.state in _OUTAGE_STATES:
             scope = probe.outage_scope()
-            record = (old.with_scope(scope).with_regions(probe.down_regions())
+            record = (old.with_scope(scope).with_regions(self._record_regions(probe, old))
                       .with_failure(*outage.top))
         elif probe.state is TargetState.UP:
-            record = old.with_regions(())
+            record = old.with_regions(self._record_regions(probe, old))
         else:
             record = old
         record = record.with_flapping(probe.flapping)

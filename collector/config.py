@@ -10,7 +10,11 @@
     limits: {max_message_bytes, max_batch_results, hello_timeout, max_agents,
              max_unregistered_agents, max_probes_per_agent, max_target_length,
              max_reason_length, max_label_value_length, max_result_bytes, max_flow_steps}
+    regions: {eu-central: {name: Frankfurt, location: [50.1, 8.7]}}   # the status page's map
+    status_page: {public: false, title: Status, services: [...]}     # public: listed only
     collector_id: <hostname>
+    api: {admin_token_file: tokens/admin}           # optional: enables the write API
+    maintenance: [{probes, services, regions, start, end, reason}]   # planned windows
     tick: 1s
     shutdown_grace: 5s
 
@@ -21,13 +25,21 @@ they are about.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from probenet.addresses import is_loopback_host, split_listen
 from probenet.configfile import (
@@ -43,6 +55,14 @@ from probenet.configfile import (
 )
 from probenet.names import MAX_LABEL_LENGTH
 
+from .maintenance import (
+    MAX_NAMES,
+    MaintenanceWindow,
+    check_reason,
+    check_span,
+    config_window_id,
+    parse_time,
+)
 from .metrics import MAX_FAILURE_SERIES, PerAgent
 from .model import ClassificationParams
 
@@ -155,6 +175,63 @@ class JournalConfig(FrozenModel):
         if not 0 <= value <= MAX_COMMIT_INTERVAL_S:
             raise ValueError(f"must be between 0s and {MAX_COMMIT_INTERVAL_S:g}s")
         return value
+
+
+def _admin_token_file(value: str) -> str:
+    try:
+        token = read_secret(value)
+    except OSError as exc:
+        raise ValueError(f"cannot read {value}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{value} is not UTF-8 text") from exc
+    if not token:
+        raise ValueError(f"{value} is empty: write the admin token in it")
+    return value
+
+
+class ApiConfig(FrozenModel):
+    """The write API (`POST`/`DELETE /api/v1/maintenance`): off without an admin token."""
+
+    # Holds the bearer token the write API requires (read once, at start).
+    admin_token_file: Annotated[ExistingFile, AfterValidator(_admin_token_file)]
+
+
+def _window_time(value: Any) -> Any:
+    # YAML reads an unquoted 2026-12-01T02:00:00Z as a timestamp, a quoted one as a string.
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"{value.isoformat()} has no time zone: end it with Z")
+        return parse_time(value.isoformat())
+    if not isinstance(value, str):
+        message = f"{value!r} is not an RFC 3339 time like 2026-12-01T02:00:00Z"
+        raise ValueError(message)  # noqa: TRY004 - pydantic reports ValueError only
+    return parse_time(value)
+
+
+WindowTime = Annotated[float, BeforeValidator(_window_time)]
+"""A point in time written as RFC 3339 with a time zone, as unix seconds."""
+
+
+class MaintenanceEntry(FrozenModel):
+    """A planned maintenance window (`maintenance:` list; the API adds more at run time)."""
+
+    probes: list[Name] = Field(default_factory=list, max_length=MAX_NAMES)
+    services: list[Name] = Field(default_factory=list, max_length=MAX_NAMES)
+    # Empty: every region.
+    regions: list[Name] = Field(default_factory=list, max_length=MAX_NAMES)
+    start: WindowTime
+    end: WindowTime
+    reason: Annotated[str, Field(strict=True), AfterValidator(check_reason)]
+
+    def window(self) -> MaintenanceWindow:
+        """The window, with its stable id (`cfg-` + a hash of its content)."""
+        probes, services, regions = (tuple(sorted(set(names))) for names in
+                                     (self.probes, self.services, self.regions))
+        return MaintenanceWindow(
+            id=config_window_id(probes, services, regions, start=self.start, end=self.end,
+                                reason=self.reason),
+            probes=probes, services=services, regions=regions, start=self.start,
+            end=self.end, reason=self.reason, source="config")
 
 
 class MqttTlsConfig(FrozenModel):
@@ -350,6 +427,54 @@ class MetricsConfig(FrozenModel):
         return self.per_kind_details
 
 
+def _display_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if any(not ch.isprintable() for ch in value):
+        raise ValueError("must not hold control characters")
+    return value
+
+
+DisplayText = Annotated[str, Field(strict=True, max_length=100),
+                        AfterValidator(_display_text)]
+"""A short text shown on the status page (a title, a region's display name)."""
+Latitude = Annotated[float, Field(strict=True, ge=-90.0, le=90.0)]
+Longitude = Annotated[float, Field(strict=True, ge=-180.0, le=180.0)]
+
+
+class RegionPlace(FrozenModel):
+    """A region's display name and map position (`regions: {eu-central: {name, location}}`)."""
+
+    name: DisplayText | None = None
+    # [latitude, longitude] in degrees; without it the region is listed but not drawn.
+    location: tuple[Latitude, Longitude] | None = None
+
+    @field_validator("location", mode="before")
+    @classmethod
+    def _two_numbers(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, list | tuple) or len(value) != 2):
+            raise ValueError(f"write [latitude, longitude] in degrees, like [50.1, 8.7] "
+                             f"(got {value!r})")
+        return value
+
+
+class StatusPageConfig(FrozenModel):
+    """The status page (`/status`): `public: true` shows only `services`, no agent details."""
+
+    public: bool = False
+    title: DisplayText = "Status"
+    # The services the page shows; empty: every service (only when not public).
+    services: list[Name] = Field(default_factory=list)
+
+    @field_validator("services")
+    @classmethod
+    def _unique_services(cls, value: list[str]) -> list[str]:
+        repeated = sorted({s for s in value if value.count(s) > 1})
+        if repeated:
+            raise ValueError(f"services listed twice: {', '.join(repeated)}")
+        return value
+
+
 def _positive(value: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError("must be longer than 0s")
@@ -369,6 +494,10 @@ class CollectorConfig(FrozenModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     collector_id: Name = Field(default_factory=socket.gethostname)
+    regions: dict[Name, RegionPlace] = Field(default_factory=dict)
+    api: ApiConfig | None = None
+    maintenance: list[MaintenanceEntry] = Field(default_factory=list)
+    status_page: StatusPageConfig = Field(default_factory=StatusPageConfig)
     tick: Annotated[Duration, AfterValidator(_positive)] = 1.0
     shutdown_grace: Annotated[Duration, AfterValidator(_positive)] = 5.0
 
@@ -429,7 +558,36 @@ def _check_mqtt_tls(config: CollectorConfig) -> list[tuple[Path_, str]]:
     return []
 
 
-CHECKS = (_check_unique_agents, _check_exposure, _check_mqtt_tls)
+def _check_public_status_page(config: CollectorConfig) -> list[tuple[Path_, str]]:
+    page = config.status_page
+    if page.public and not page.services:
+        return [(("status_page", "public"),
+                 ("status_page.public: true needs `services`: the services the public "
+                  "page may show (a public page never shows every service by default)"))]
+    return []
+
+
+def _check_maintenance(config: CollectorConfig) -> list[tuple[Path_, str]]:
+    found: list[tuple[Path_, str]] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(config.maintenance):
+        if not entry.probes and not entry.services:
+            found.append((("maintenance", i),
+                          f"maintenance[{i}]: name probes or services (or both)"))
+        try:
+            check_span(entry.start, entry.end)
+        except ValueError as exc:
+            found.append((("maintenance", i, "end"), f"maintenance[{i}].end: {exc}"))
+        window_id = entry.window().id
+        if window_id in seen:
+            found.append((("maintenance", i),
+                          f"maintenance[{i}] repeats maintenance[{seen[window_id]}]"))
+        seen.setdefault(window_id, i)
+    return found
+
+
+CHECKS = (_check_unique_agents, _check_exposure, _check_mqtt_tls, _check_maintenance,
+          _check_public_status_page)
 
 
 def load_config(path: str | Path) -> CollectorConfig:
@@ -460,4 +618,6 @@ def config_summary(config: CollectorConfig) -> dict[str, Any]:
         "mqtt": config.mqtt.url if config.mqtt else None,
         "metrics": (f"per_agent={config.metrics.per_agent} "
                     f"per_kind_details={config.metrics.kind_details}"),
+        "write_api": config.api is not None,
+        "maintenance_windows": len(config.maintenance),
     }

@@ -722,11 +722,15 @@ _View = tuple[str, str, "TargetView"]  # escaped probe, escaped service, the vie
 
 def _region_up(layout: _Layout, views: Sequence[_View]) -> str:
     head = layout.open
-    unknown, up = RegionVerdict.UNKNOWN, RegionVerdict.UP
+    up = RegionVerdict.UP
     return "".join([
         f'{head}probe="{probe}",region="{_esc(region)}"}} {1 if verdict is up else 0}\n'
         for probe, _, view in views for region, verdict in view.regions.items()
-        if verdict is not unknown])
+        if verdict not in _NO_REGION_UP])
+
+
+# Verdicts without a probenet_region_up sample: no verdict, or a maintenance window's.
+_NO_REGION_UP = frozenset({RegionVerdict.UNKNOWN, RegionVerdict.MAINTENANCE})
 
 
 def _target_state(layout: _Layout, views: Sequence[_View]) -> str:

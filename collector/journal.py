@@ -12,7 +12,22 @@ One file, WAL mode, `synchronous=NORMAL`: a committed transaction survives a cra
   `JournaledTransition`, increasing per collector across restarts;
 - `agent_watermarks`: the highest applied (epoch, seq) per agent, so deduplication continues
   after a restart;
-- `meta`: the schema version.
+- `meta`: the schema version;
+- `target_states`: each probe's view (state and region verdicts, as `/api/v1/targets` shows
+  them) every time it changes, written with the outage transitions of the same classifier
+  call (a row only when state or verdicts differ from the probe's last row of this run), so
+  uptime reports (collector/uptime.py) survive restarts;
+- `collector_runs`: one row per collector run on this journal: `started_at`, `alive_at`
+  (advanced at most every ALIVE_EVERY_S, in a commit or by the tick) and `ended_at` (a clean
+  stop; NULL after a crash, when the run counts up to its last `alive_at`). Time outside every
+  run is `unknown` in uptime reports;
+- `maintenance_windows`: the maintenance windows created through the API (the window's JSON
+  with times as unix seconds), so they survive a restart; config windows are not stored.
+
+History is kept RETENTION_DAYS (pruned when a run starts and daily): older runs go, and a
+probe's rows older than that except its last one before the cutoff in a run still kept.
+Tables and indexes added in a later version are created when a journal lacks them (a
+journal of the same schema version, written before they existed, gets them on open).
 
 Who holds the file: every open Journal holds a shared `flock` on it (independent of
 SQLite's own POSIX locks); `Journal(path, exclusive=True)`, used by `probenet reset-agent`,
@@ -40,6 +55,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -49,6 +65,7 @@ from typing import TYPE_CHECKING, Protocol, Self
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from .errors import JournalError
+from .maintenance import MaintenanceWindow
 from .model import (
     JournaledTransition,
     OutageEvent,
@@ -56,6 +73,7 @@ from .model import (
     OutageRecord,
     OutageTransition,
     Scope,
+    TargetChange,
     Transition,
     TransitionSink,
 )
@@ -96,10 +114,43 @@ CREATE TABLE IF NOT EXISTS agent_watermarks (
     epoch TEXT NOT NULL,
     seq TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS outage_events_by_outage ON outage_events (outage_id, seq);
+CREATE TABLE IF NOT EXISTS collector_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at REAL NOT NULL,
+    alive_at REAL NOT NULL,
+    ended_at REAL
+);
+CREATE TABLE IF NOT EXISTS target_states (
+    id INTEGER PRIMARY KEY,
+    run INTEGER NOT NULL,
+    probe TEXT NOT NULL,
+    service TEXT,
+    at REAL NOT NULL,
+    state TEXT NOT NULL,
+    regions TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS target_states_by_probe ON target_states (probe, at);
+CREATE INDEX IF NOT EXISTS target_states_by_service ON target_states (service, probe);
+CREATE INDEX IF NOT EXISTS target_states_by_time ON target_states (at);
+CREATE TABLE IF NOT EXISTS maintenance_windows (
+    id TEXT PRIMARY KEY,
+    start REAL NOT NULL,
+    "end" REAL NOT NULL,
+    record TEXT NOT NULL
+);
 """
 
 _SET_VERSION = "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '1');"
 _MIGRATE = "BEGIN IMMEDIATE;" + _SCHEMA + _SET_VERSION + "COMMIT;"
+# Every table and index of the schema: one missing (a journal older than it) runs _MIGRATE.
+_SCHEMA_NAMES = frozenset(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", _SCHEMA))
+
+# A running collector's `collector_runs.alive_at` is at most this old (plus one tick).
+ALIVE_EVERY_S = 5.0
+# History (target_states, collector_runs) kept: the longest uptime report (400 days) + today.
+RETENTION_DAYS = 401
+PRUNE_EVERY_S = 86_400.0
 
 Watermarks = Mapping[str, tuple[int, int]]
 """agent id -> (epoch, highest applied seq). Stored as text: both are uint64 on the wire."""
@@ -112,15 +163,24 @@ class Journal:
     are small, and the loop's ordering is what guarantees commit-before-acknowledge.
     """
 
-    def __init__(self, path: str | Path, *, exclusive: bool = False) -> None:
+    def __init__(self, path: str | Path, *, exclusive: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
         """Open (creating if needed) the journal at `path`; `open()` or `with` to start.
 
         `exclusive`: refuse to open while anyone else (a running collector) has it open.
+        `clock` dates the collector run (`start_run`, `keep_alive`, `close`).
         """
         self.path = str(path)
         self.exclusive = exclusive
+        self._clock = clock
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        # The collector run this connection records (None: a reader, or not started yet).
+        self.run_id: int | None = None
+        self._alive_written = 0.0
+        self._pruned_at = 0.0
+        # probe -> (state, regions JSON) of its last target_states row in this run.
+        self._last_states: dict[str, tuple[str, str]] = {}
 
     def __enter__(self) -> Self:
         """Open the file and check or create the schema."""
@@ -197,13 +257,17 @@ class Journal:
             raise JournalError(
                 self.path, f"written by a newer probenet (schema {version}, this one reads "
                            f"up to {SCHEMA_VERSION}); upgrade, or point journal.path elsewhere")
-        if version < SCHEMA_VERSION:
+        names = {row[0] for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+        if version < SCHEMA_VERSION or _SCHEMA_NAMES - names:
             # One script, one transaction: a crash mid-way leaves the old schema intact.
             db.executescript(_MIGRATE)
 
     def close(self) -> None:
-        """Close the connection; closing twice is harmless."""
+        """Close the connection (ending the run it records); closing twice is harmless."""
         if self._db is not None:
+            if self.run_id is not None:
+                self._end_run()
             self._db.close()
             self._db = None
         self._unlock()
@@ -237,21 +301,119 @@ class Journal:
 
     def commit(self, transitions: Sequence[Transition],
                watermarks: Watermarks | None = None) -> list[JournaledTransition]:
-        """Write every outage transition (and the given watermarks) in one transaction.
+        """Write every transition (and the given watermarks) in one transaction.
 
         Returns the transitions in order, each with its journal seq (0 for TargetChange,
-        which is not journaled).
+        which has no seq: it goes to `target_states`, the run's history, when the probe's
+        state or verdicts changed). Starts this connection's collector run if needed.
         """
+        run = self.start_run()
         out: list[JournaledTransition] = []
+        states: dict[str, tuple[str, str]] = {}
+        now = self._clock()
+        alive = now - self._alive_written >= ALIVE_EVERY_S
         with self._transaction("commit") as db:
             for item in transitions:
                 if isinstance(item, OutageTransition):
                     out.append(JournaledTransition(self._write(db, item), item))
                 else:
+                    self._write_state(db, run, item, states)
                     out.append(JournaledTransition(0, item))
             if watermarks:
                 self._write_watermarks(db, watermarks)
+            if alive:
+                self._write_alive(db, run, now)
+        self._last_states.update(states)
+        if alive:
+            self._alive_written = now
         return out
+
+    def _write_state(self, db: sqlite3.Connection, run: int, change: TargetChange,
+                     written: dict[str, tuple[str, str]]) -> None:
+        """One target_states row, unless state and verdicts equal the probe's last row."""
+        view = change.view
+        key = (str(view.state), json.dumps(
+            {region: str(verdict) for region, verdict in sorted(view.regions.items())},
+            separators=(",", ":")))
+        last = written.get(view.probe) or self._last_states.get(view.probe)
+        if last == key:
+            return
+        db.execute(
+            "INSERT INTO target_states (run, probe, service, at, state, regions)"
+            " VALUES (?, ?, ?, ?, ?, ?)", (run, view.probe, view.service, change.at, *key))
+        written[view.probe] = key
+
+    # -- the collector run -------------------------------------------------------------
+
+    def start_run(self) -> int:
+        """Record that a collector runs on this journal from now; its id (idempotent).
+
+        Called by the first commit (the collector's restore); prunes old history.
+        """
+        if self.run_id is not None:
+            return self.run_id
+        now = self._clock()
+        with self._transaction("run start") as db:
+            cursor = db.execute(
+                "INSERT INTO collector_runs (started_at, alive_at) VALUES (?, ?)", (now, now))
+            run = cursor.lastrowid
+            self._prune(db, now)
+        assert run is not None
+        self.run_id = run
+        self._alive_written = self._pruned_at = now
+        self._last_states.clear()
+        return run
+
+    def keep_alive(self) -> None:
+        """Advance the run's `alive_at` (at most every ALIVE_EVERY_S; starts the run)."""
+        if self.run_id is None:
+            self.start_run()
+            return
+        now = self._clock()
+        if now - self._alive_written < ALIVE_EVERY_S:
+            return
+        prune = now - self._pruned_at >= PRUNE_EVERY_S
+        with self._transaction("run keep-alive") as db:
+            self._write_alive(db, self.run_id, now)
+            if prune:
+                self._prune(db, now)
+        self._alive_written = now
+        if prune:
+            self._pruned_at = now
+
+    @staticmethod
+    def _write_alive(db: sqlite3.Connection, run: int, now: float) -> None:
+        db.execute("UPDATE collector_runs SET alive_at = max(alive_at, ?) WHERE id = ?",
+                   (now, run))
+
+    def _end_run(self) -> None:
+        """At close: the run ended now (a failure is logged: the run then ends at alive_at)."""
+        run, self.run_id = self.run_id, None
+        now = self._clock()
+        try:
+            with self._transaction("run end") as db:
+                db.execute("UPDATE collector_runs SET alive_at = max(alive_at, ?),"
+                           " ended_at = max(alive_at, ?) WHERE id = ?", (now, now, run))
+        except JournalError as exc:
+            log.warning("could not record the end of the collector run",
+                        extra={"error": str(exc)})
+
+    @staticmethod
+    def _prune(db: sqlite3.Connection, now: float) -> None:
+        """Drop history older than RETENTION_DAYS (keeping what a report's start needs)."""
+        cutoff = now - RETENTION_DAYS * 86_400.0
+        runs = db.execute("DELETE FROM collector_runs WHERE coalesce(ended_at, alive_at) < ?",
+                          (cutoff,)).rowcount
+        # A row before the cutoff still gives its probe's state at the cutoff, unless a
+        # later row of the same run (also before it) took over, or its run is gone.
+        states = db.execute(
+            "DELETE FROM target_states WHERE at < ? AND (run NOT IN"
+            " (SELECT id FROM collector_runs) OR EXISTS (SELECT 1 FROM target_states AS later"
+            " WHERE later.probe = target_states.probe AND later.run = target_states.run"
+            " AND later.at <= ? AND later.id > target_states.id))", (cutoff, cutoff)).rowcount
+        if runs or states:
+            log.info("journal history pruned", extra={
+                "runs": runs, "target_states": states, "retention_days": RETENTION_DAYS})
 
     @staticmethod
     def _write(db: sqlite3.Connection, item: OutageTransition) -> int:
@@ -284,8 +446,14 @@ class Journal:
         """Persist agents' applied watermarks in one transaction (the group commit)."""
         if not watermarks:
             return
+        now = self._clock()
+        alive = self.run_id is not None and now - self._alive_written >= ALIVE_EVERY_S
         with self._transaction("watermark flush") as db:
             self._write_watermarks(db, watermarks)
+            if alive and self.run_id is not None:
+                self._write_alive(db, self.run_id, now)
+        if alive:
+            self._alive_written = now
 
     def reset_watermark(self, agent: str) -> tuple[int, int] | None:
         """Forget `agent`'s watermark (an operator's reset); return what it was, if any.
@@ -305,6 +473,48 @@ class Journal:
         """Every agent's last persisted (epoch, seq)."""
         return {agent: (int(epoch), int(seq)) for agent, epoch, seq in self.db.execute(
             "SELECT agent, epoch, seq FROM agent_watermarks")}
+
+    # -- maintenance windows (the API's; config windows come from the config file) -------
+
+    def add_maintenance_window(self, window: MaintenanceWindow) -> None:
+        """Store an API window (JournalError when the id exists or the write fails)."""
+        text = json.dumps(window.to_record(), separators=(",", ":"))
+        with self._transaction("maintenance window add") as db:
+            db.execute('INSERT INTO maintenance_windows (id, start, "end", record)'
+                       " VALUES (?, ?, ?, ?)", (window.id, window.start, window.end, text))
+
+    def delete_maintenance_window(self, window_id: str) -> bool:
+        """Remove an API window; False when there was none with this id."""
+        with self._transaction("maintenance window delete") as db:
+            deleted = db.execute("DELETE FROM maintenance_windows WHERE id = ?",
+                                 (window_id,)).rowcount
+        return bool(deleted)
+
+    def maintenance_windows(self, *, ended_after: float | None = None
+                            ) -> list[MaintenanceWindow]:
+        """Stored API windows by start (only those ending after `ended_after`, if given).
+
+        A row that does not parse is skipped with a warning: one bad row must not keep the
+        collector from starting.
+        """
+        sql = "SELECT id, record FROM maintenance_windows"
+        args: tuple[object, ...] = ()
+        if ended_after is not None:
+            sql += ' WHERE "end" > ?'
+            args = (ended_after,)
+        found: list[MaintenanceWindow] = []
+        for window_id, text in self.db.execute(sql + " ORDER BY start, id", args):
+            try:
+                found.append(MaintenanceWindow.from_record(json.loads(text)))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("unreadable maintenance window skipped",
+                            extra={"window": window_id, "error": str(exc)})
+        return found
+
+    def outage(self, outage_id: str) -> OutageRecord | None:
+        """One record by id (None when the journal has none)."""
+        row = self.db.execute("SELECT record FROM outages WHERE id = ?", (outage_id,)).fetchone()
+        return None if row is None else self._record(row[0])
 
     def open_outages(self) -> list[OutageRecord]:
         """Records not yet resolved, oldest first."""
@@ -431,6 +641,7 @@ class TransitionCommitter:
         self._log_health(self._classifier.take_health_changes())
         transitions = self._classifier.take_transitions()
         if not transitions:
+            self._journal.keep_alive()
             return []
         started = self._perf()
         journaled = self._journal.commit(transitions, watermarks)

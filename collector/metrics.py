@@ -245,7 +245,8 @@ class ClassifierMetrics(Collector):
         for view in targets:
             service = view.service or ""
             for region, verdict in view.regions.items():
-                if verdict is not RegionVerdict.UNKNOWN:
+                # Unknown, or under maintenance (no evidence): no sample.
+                if verdict not in {RegionVerdict.UNKNOWN, RegionVerdict.MAINTENANCE}:
                     region_up.add_metric((view.probe, region), _bool(verdict is RegionVerdict.UP))
             for each in TargetState:
                 state.add_metric((view.probe, service, str(each)), _bool(view.state is each))

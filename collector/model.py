@@ -26,6 +26,8 @@ class RegionVerdict(StrEnum):
     UP = "up"
     DOWN = "down"
     UNKNOWN = "unknown"
+    # A maintenance window covers the probe in this region: its results are no evidence.
+    MAINTENANCE = "maintenance"
 
 
 class TargetState(StrEnum):
@@ -35,6 +37,8 @@ class TargetState(StrEnum):
     REGIONAL_OUTAGE = "regional_outage"
     GLOBAL_OUTAGE = "global_outage"
     UNKNOWN = "unknown"
+    # Maintenance windows cover the probe in every region that reports it.
+    MAINTENANCE = "maintenance"
 
 
 class Scope(StrEnum):

@@ -30,19 +30,25 @@ from probenet.lifecycle import EnterOnce
 
 from .api import HttpApi
 from .classify import Classifier
-from .config import CollectorConfig, config_summary
+from .config import CollectorConfig, config_summary, read_secret
 from .details import DroppedValues, DroppedValuesMetrics, LatestDetails
 from .errors import LifecycleError, ServiceError
 from .exposition import MetricsPage
 from .ingest import SERVICE_NAME, AckMetrics, IngestServicer
 from .journal import CommitMetrics, Journal, TransitionCommitter
 from .looplag import LoopLagMonitor
+from .maintenance import RETAIN_ENDED_S, MaintenanceStore
+from .maintenance_api import MaintenanceMetrics
 from .metrics import FailureCounts, IngestMetrics
+from .status.routes import StatusPage
+from .status.view import StatusSettings
+from .uptime_api import outage_detail, uptime_reports
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from .model import TransitionSink
+    from .uptime import UptimeReport
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +124,18 @@ class CollectorService:
         self.committer = TransitionCommitter(self.classifier, self.journal, sinks=sinks,
                                              observer=self._commit_metrics)
         self.ingest: IngestServicer | None = None
+        self.maintenance = self._maintenance_store(config)
+        self.registry.register(MaintenanceMetrics(self.maintenance, self.classifier))
+        self.status_page = StatusPage(
+            classifier=self.classifier, journal_path=self.journal.path,
+            settings=StatusSettings(config.status_page, config.regions),
+            registered_agents=self.registered_agents, maintenance=self.maintenance,
+            uptime=self._uptime_reports, outage_detail=outage_detail, clock=self._clock)
         self.http = HttpApi(config.listen.http, classifier=self.classifier,
                             journal=self.journal, page=self.page,
                             ready=lambda: self.ready,
-                            registered_agents=self.registered_agents)
+                            registered_agents=self.registered_agents,
+                            maintenance=self.maintenance, status=self.status_page)
         self.grpc_port = 0
         self.ready = False
         self._lifecycle = EnterOnce("CollectorService", LifecycleError)
@@ -171,6 +185,36 @@ class CollectorService:
             "open_outages": len(self.classifier.open_outages())})
         return self
 
+    async def _uptime_reports(self, journal_path: str, probes: Sequence[str], days: int,
+                              now: float) -> dict[str, UptimeReport]:
+        """The status page's uptime bars, the running collector's time counted up to now."""
+        return await uptime_reports(journal_path, probes, days, now,
+                                    live_run=self.journal.run_id)
+
+    def _maintenance_store(self, config: CollectorConfig) -> MaintenanceStore:
+        """Config windows now; API windows are loaded from the journal when it opens."""
+        token = None
+        if config.api is not None:
+            try:
+                token = read_secret(config.api.admin_token_file) or None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ServiceError(f"cannot read api.admin_token_file "
+                                   f"{config.api.admin_token_file}: {exc}") from exc
+            if token is None:
+                raise ServiceError(f"api.admin_token_file {config.api.admin_token_file} "
+                                   "is empty")
+        return MaintenanceStore((entry.window() for entry in config.maintenance),
+                                admin_token=token, clock=self._clock)
+
+    def apply_maintenance(self, *, commit: bool = True) -> None:
+        """Tell the classifier what the open windows cover now (then journal what changed)."""
+        now = self._clock()
+        self.maintenance.prune(now)
+        coverage = self.maintenance.coverage(now)
+        self.classifier.set_maintenance(coverage.probes, now, services=coverage.services)
+        if commit:
+            self.committer.commit()
+
     def _check_exposure(self) -> None:
         config = self.config
         if config.grpc_on_loopback or config.insecure:
@@ -184,7 +228,11 @@ class CollectorService:
 
     def _restore(self) -> None:
         open_outages = self.journal.open_outages()
-        self.classifier.restore(open_outages, self._clock())
+        now = self._clock()
+        self.classifier.restore(open_outages, now)
+        self.maintenance.load(self.journal.maintenance_windows(ended_after=now - RETAIN_ENDED_S))
+        self.apply_maintenance(commit=False)
+        self.maintenance.subscribe(self.apply_maintenance)
         self.committer.commit()
         if open_outages:
             log.info("restored open outages", extra={
@@ -286,7 +334,11 @@ class CollectorService:
         return False
 
     def tick(self) -> None:
-        """One classifier tick at the service clock's now, journaled and published."""
+        """One classifier tick at the service clock's now, journaled and published.
+
+        Maintenance windows open and close by the clock: their coverage is applied first.
+        """
+        self.apply_maintenance(commit=False)
         self.classifier.tick(self._clock())
         self.committer.commit()
 

@@ -1,4 +1,4 @@
-"""The `probenet` command: `collector`, `agent`, `check`, `demo` and `reset-agent`.
+"""The `probenet` command: `collector`, `agent`, `check`, `demo`, `reset-agent` and `uptime`.
 
 Each subcommand imports its package lazily, so `probenet check` stays fast and an agent host
 never imports the collector's dependencies it does not use.
@@ -13,6 +13,7 @@ from typing import Any
 
 from probenet.configfile import ConfigError, load_tree, read_config_text
 from probenet.logs import setup_logging
+from probenet.uptime import add_parser as add_uptime_parser
 from probenet.version import __version__
 
 
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain log lines instead of the live table (for non-terminals)")
     p.add_argument("--port", type=int, default=9464, help="the collector's HTTP port")
     _common(p)
+
+    add_uptime_parser(sub)
     return parser
 
 
@@ -137,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(check(args.configs))
     if args.command == "reset-agent":
         sys.exit(reset_agent(args.config, args.agent_id))
+    if args.command == "uptime":
+        from probenet.uptime import run as run_uptime  # noqa: PLC0415 - beside its parser
+
+        sys.exit(run_uptime(args))
     setup_logging(args.log_level, args.log_format)
     if args.command == "collector":
         from probenet.collector.main import run as run_collector  # noqa: PLC0415

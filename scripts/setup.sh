@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-SYSTEM_PACKAGES=(mosquitto prometheus prometheus-alertmanager nftables iproute2 tmux)
+SYSTEM_PACKAGES=(mosquitto prometheus prometheus-alertmanager nftables iproute2 tmux chromium)
 
 install_system_packages() {
     local missing=()
@@ -18,6 +18,8 @@ install_system_packages() {
     command -v nft >/dev/null || [ -x /usr/sbin/nft ] || missing+=(nftables)
     command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing+=(iproute2)
     command -v tmux >/dev/null || missing+=(tmux)
+    # tests/browser drive Debian's chromium through Playwright (no browser download).
+    command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium)
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
         echo "setup: not root (or no apt-get): skipping system packages ${missing[*]};" \

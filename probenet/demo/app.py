@@ -235,6 +235,8 @@ async def _run_until(stop_requested: asyncio.Event, options: DemoOptions, out: T
           f"{options.interval_s:g}s; {len(schedule.phases)} phases of "
           f"{format_seconds(schedule.phase_seconds)} (one cycle "
           f"{format_seconds(schedule.cycle_seconds)})", file=out)
+    _say(f"  status   {plan.http_base}/status   (the status page: open it in a browser)",
+         file=out)
     _say(f"  metrics  {plan.http_base}/metrics", file=out)
     _say(f"  api      {plan.http_base}/api/v1/targets  {plan.http_base}/api/v1/outages  "
           f"{plan.http_base}/api/v1/agents", file=out)

@@ -40,6 +40,14 @@ BANK_PROBES = ("bank-web", "bank-api")
 REGIONAL_OUTAGE_REGION = "ap-south"
 BROKEN_AGENT = "fra-2"
 
+# The status page's map: each region's display name and position (latitude, longitude).
+REGION_PLACES: dict[str, dict[str, object]] = {
+    "eu-central": {"name": "Frankfurt", "location": [50.1, 8.7]},
+    "us-east": {"name": "Virginia", "location": [38.9, -77.4]},
+    "ap-south": {"name": "Mumbai", "location": [19.1, 72.9]},
+    "sa-east": {"name": "São Paulo", "location": [-23.5, -46.6]},
+}
+
 PROBES: tuple[ProbePlan, ...] = (
     *(ProbePlan(name, "http", "social") for name in SOCIAL_PROBES),
     ProbePlan(SOCIAL_LOGIN, "flow", "social"),
@@ -55,7 +63,8 @@ PROBES: tuple[ProbePlan, ...] = (
 def demo_plan(interval_s: float, http_port: int, grpc_port: int) -> FleetPlan:
     """The demo fleet with the given probe interval and collector ports."""
     return FleetPlan(agents=AGENTS, probes=PROBES, interval_s=interval_s,
-                     http_port=http_port, grpc_port=grpc_port)
+                     http_port=http_port, grpc_port=grpc_port,
+                     collector_settings={"regions": REGION_PLACES})
 
 
 def demo_phases() -> tuple[Phase, ...]:

@@ -75,6 +75,7 @@ def header(status: DemoStatus) -> Text:
         text.append(pos.phase.title)
         text.append(f"  ({format_seconds(pos.remaining_s)} left, cycle {pos.cycle + 1})",
                     style="dim")
+    text.append(f"\nstatus page {status.api_url}/status", style="bold")
     text.append(f"\nmetrics {status.api_url}/metrics   api {status.api_url}/api/v1/targets "
                 f"· /api/v1/outages · /api/v1/agents", style="dim")
     if status.error:

@@ -50,6 +50,7 @@ def test_demo_plays_one_cycle_and_classifies_each_fault():
         capture_output=True, text=True, timeout=240, env=demo_env(), cwd=ROOT, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     stdout = result.stdout
+    assert f"http://127.0.0.1:{port}/status" in stdout
     assert f"http://127.0.0.1:{port}/metrics" in stdout
     assert f"http://127.0.0.1:{port}/api/v1/targets" in stdout
     phases = demo_phases()
@@ -161,6 +162,7 @@ def test_demo_live_table_in_a_terminal():
     assert any(state_of(s, SOCIAL_LOGIN) == "global_outage at login" for s in screens), \
         "the table never showed the login flow failing at step login"
     assert f"http://127.0.0.1:{port}/metrics" in seen
+    assert f"status page http://127.0.0.1:{port}/status" in seen
 
 
 def rows(screen: str, first_cell: str) -> list[str]:

@@ -9,6 +9,7 @@ its /metrics is checked against the README's metric tables.
 from __future__ import annotations
 
 import re
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -16,6 +17,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from probenet.agent.config import parse_config as parse_agent_config
 from probenet.agent.main import Agent
 from probenet.collector.config import parse_config as parse_collector_config
+from probenet.collector.model import rfc3339
 from probenet.collector.server import CollectorService
 from support.certs import TestCA
 from support.collector_client import collector_yaml, http_get
@@ -88,7 +90,11 @@ async def test_every_documented_metric_is_exported_with_its_labels(tmp_path):
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), grpc_server)
     grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
     await grpc_server.start()
-    config = parse_collector_config(collector_yaml(str(tmp_path / "journal.db")))
+    # A maintenance window over `edge`, so that probenet_maintenance_active has a sample.
+    now = time.time()
+    window = (f'maintenance:\n  - {{probes: [edge], start: "{rfc3339(now - 3600)}", '
+              f'end: "{rfc3339(now + 3600)}", reason: "exported while covered"}}\n')
+    config = parse_collector_config(collector_yaml(str(tmp_path / "journal.db"), extra=window))
     try:
         async with CollectorService(config) as collector, \
                 HttpTarget({"/down": HttpRoute(status=503)},

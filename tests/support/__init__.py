@@ -19,4 +19,6 @@
 - `e2e_fleet`: real collector and agent processes (`probenet.lab`) with a fault table the
   tests edit
 - `deploy_queries`: every PromQL expression of the shipped dashboards and rules
+- `browser`: Debian's chromium through Playwright, a page's console and requests, and a fleet
+  whose collector serves the status page (tests/browser, a pytest process of its own)
 """

@@ -44,6 +44,8 @@ CONTRACT_METRICS = frozenset({
     "probe_icmp_duration_seconds", "probe_grpc_healthcheck_response",
     # flow probes (issue 13): per-step results, and the failing step of an open outage.
     "probenet_step_success", "probenet_step_duration_seconds", "probenet_outage_step",
+    # maintenance windows (issue 14): 1 while windows cover the probe in every region.
+    "probenet_maintenance_active",
     "up",
 })
 
