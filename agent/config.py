@@ -12,7 +12,8 @@ Shape (DESIGN.md "Configuration"); every key below is optional unless marked req
     stream: {max_batch_results: 500, linger: 50ms, backoff_initial: 200ms, backoff_max: 10s}
     buffer: {max_results: 100000}
     metrics: {listen: 127.0.0.1:9465}    # optional self-metrics endpoint
-    probes:
+    remote_config: false                 # true: also run the probes a collector pushes
+    probes:                              # may be empty (or absent) with remote_config
       - {name (required), service, kind (required), target (required), interval, timeout,
          confirm_delay, all_addresses, labels, <kind>: {kind's own options}}
 
@@ -104,6 +105,7 @@ __all__ = [
     "TlsOptions",
     "load_config",
     "parse_config",
+    "resolve_probe_timing",
 ]
 
 IpFamily = Literal["ip4", "ip6"]
@@ -772,6 +774,29 @@ class ProbeDefaults(FrozenModel):
     confirm_delay: PositiveDuration | None = None
 
 
+def resolve_probe_timing(probe: ProbeSpec, defaults: ProbeDefaults) -> None:
+    """Fill the probe's interval, timeout and confirm_delay from `defaults` (in place).
+
+    Only for a probe just validated and not yet shared (agent.yaml's, a pushed set's).
+    """
+    explicit = frozenset(key for key in ("interval", "timeout", "confirm_delay")
+                         if key in probe.model_fields_set)
+    interval = probe.interval if "interval" in explicit else defaults.interval
+    timeout = probe.timeout if "timeout" in explicit else defaults.timeout
+    if "confirm_delay" in explicit:
+        confirm_delay = probe.confirm_delay
+    elif defaults.confirm_delay is not None:
+        confirm_delay = defaults.confirm_delay
+    else:
+        confirm_delay = min(1.0, interval / 10)
+    # Set in place: the probes are not shared yet, and copying ten thousand of them
+    # would only fragment the agent's memory.
+    object.__setattr__(probe, "interval", interval)
+    object.__setattr__(probe, "timeout", timeout)
+    object.__setattr__(probe, "confirm_delay", confirm_delay)
+    probe._explicit = explicit  # noqa: SLF001 - our own model
+
+
 class SchedulerSettings(FrozenModel):
     """How probes are run: concurrency bound and shutdown grace period."""
 
@@ -826,6 +851,8 @@ class AgentConfig(FrozenModel):
     stream: StreamSettings = Field(default_factory=StreamSettings)
     buffer: BufferSettings = Field(default_factory=BufferSettings)
     metrics: MetricsSettings | None = None
+    # Run the probe sets collectors push (agent/remote.py) besides `probes`.
+    remote_config: bool = False
     probes: list[ProbeSpec] = Field(default_factory=list)
 
     @field_validator("collectors")
@@ -838,23 +865,7 @@ class AgentConfig(FrozenModel):
     @model_validator(mode="after")
     def _resolve_defaults(self) -> AgentConfig:
         for probe in self.probes:
-            explicit = frozenset(
-                key for key in ("interval", "timeout", "confirm_delay")
-                if key in probe.model_fields_set)
-            interval = probe.interval if "interval" in explicit else self.defaults.interval
-            timeout = probe.timeout if "timeout" in explicit else self.defaults.timeout
-            if "confirm_delay" in explicit:
-                confirm_delay = probe.confirm_delay
-            elif self.defaults.confirm_delay is not None:
-                confirm_delay = self.defaults.confirm_delay
-            else:
-                confirm_delay = min(1.0, interval / 10)
-            # Set in place: the probes are not shared yet, and copying ten thousand of them
-            # would only fragment the agent's memory.
-            object.__setattr__(probe, "interval", interval)
-            object.__setattr__(probe, "timeout", timeout)
-            object.__setattr__(probe, "confirm_delay", confirm_delay)
-            probe._explicit = explicit  # noqa: SLF001 - our own model
+            resolve_probe_timing(probe, self.defaults)
         return self
 
     def shortest_interval(self) -> float:
@@ -1055,6 +1066,10 @@ def secret_problem(source: SecretSource) -> str | None:
     return None if value else "the secret is empty"
 
 
+# The checks that concern one probe at a time (agent/remote.py runs them on each pushed
+# probe, with the pushed set's defaults).
+PROBE_CHECKS: tuple[CrossCheck, ...] = (_timeout_below_interval, _probe_kind_limits,
+                                        _flow_references)
 CHECKS: tuple[CrossCheck, ...] = (_unique_names, _timeout_below_interval, _backoff_order,
                                   _probe_kind_limits, _flow_references, flow_secret_problems)
 

@@ -7,7 +7,13 @@ unacknowledged results for up to `scheduler.grace_period`, and exit 0 (a second 
 at once, status 1). SIGHUP
 reloads the config: probes that did not change keep their schedule; a config with errors is
 logged issue by issue and the running one is kept. Changes to `agent`, `collectors`,
-`buffer`, `stream` and `metrics` need a restart (the reload says so in the log).
+`buffer`, `stream`, `metrics` and `remote_config` need a restart (the reload says so in
+the log).
+
+Remote configuration (`remote_config: true`, agent/remote.py): the probe set a collector
+pushes is merged with the local `probes:` and applied like a SIGHUP reload (unchanged
+probes keep their schedule); a SIGHUP keeps the pushed set merged. The running set is kept
+in the state folder and run again at the next start, before any collector answers.
 """
 
 from __future__ import annotations
@@ -32,8 +38,27 @@ from probenet.version import __version__
 
 from .config import AgentConfig, ConfigError, load_config
 from .errors import AgentError, LifecycleError, ProbeBuildError
-from .metrics import AgentStateCollector, MetricsServer, ProbeCounters, StateFileCollector
+from .metrics import (
+    AgentStateCollector,
+    MetricsServer,
+    ProbeCounters,
+    RemoteConfigCollector,
+    StateFileCollector,
+)
 from .probes import unavailable_kinds
+from .remote import (
+    Merged,
+    ParsedSet,
+    Refusal,
+    RemoteSet,
+    RemoteSetError,
+    choose,
+    load_set,
+    merge,
+    parse_set,
+    remote_set_path,
+    save_set,
+)
 from .results import ResultFanout
 from .scheduler import Scheduler
 from .spool import Spool
@@ -43,9 +68,11 @@ from .stream import CollectorStream
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from .config import ProbeSpec
+
 log = logging.getLogger(__name__)
 
-_RESTART_SECTIONS = ("agent", "collectors", "buffer", "stream", "metrics")
+_RESTART_SECTIONS = ("agent", "collectors", "buffer", "stream", "metrics", "remote_config")
 
 
 def preflight(config: AgentConfig) -> list[str]:
@@ -69,14 +96,20 @@ class Agent:
     def __init__(self, config: AgentConfig, *, registry: CollectorRegistry | None = None,
                  epoch: int | None = None, observers: Sequence[Callable[[pb.ProbeResult],
                                                                             None]] = (),
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, config_dir: Path | None = None,
+                 icmp_problem: Callable[[str], str | None] | None = None) -> None:
         """Build the probes now (ProbeBuildError names one that cannot be built).
 
         `epoch` defaults to now in unix nanoseconds; `observers` see every result (tests).
         With `state_dir` (and `buffer.disk`), results are committed to the agent's state
         file before they are sent, and the epoch, sequence and unacknowledged results of
-        the previous run in that folder are taken over when entering.
+        the previous run in that folder are taken over when entering. With `state_dir` and
+        `remote_config`, the pushed probe set is kept there and restored here.
+        `config_dir` resolves relative paths of pushed probes (default: the working
+        folder); `icmp_problem(ip_family)` says why icmp cannot run here (default: tries
+        to open an icmp socket).
         """
+        self.local_config = config
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
         self.epoch = epoch if epoch is not None else time.time_ns()
@@ -94,14 +127,30 @@ class Agent:
         if self.durable is not None:
             self.registry.register(StateFileCollector(self.durable))
         self.streams = [
-            CollectorStream(target, spool, hello=self.hello, settings=config.stream)
+            CollectorStream(target, spool, hello=self.hello, settings=config.stream,
+                            probe_configs=self)
             for target, spool in zip(config.collectors, self.spools, strict=True)]
         self.scheduler = Scheduler(
             config.probes, sink=self.fanout.publish, source_address=config.agent.source_address,
             max_concurrent=config.scheduler.max_concurrent,
             confirm_failures=config.scheduler.confirm_failures, counters=self.counters)
+        # Remote configuration: the last set of each collector (by collector id), the one
+        # running, and how it merged with the local probes.
+        self._config_dir = config_dir if config_dir is not None else Path()
+        self._icmp_problem = icmp_problem if icmp_problem is not None else icmp_socket_problem
+        self.remote_candidates: dict[str, RemoteSet] = {}
+        self.remote_running: ParsedSet | None = None
+        self.merged = Merged(tuple(config.probes), (), ())
+        self.remote_path = (remote_set_path(state_dir, config.agent.id)
+                            if state_dir is not None and config.remote_config else None)
+        if self.remote_path is not None:
+            self._restore_remote(self.remote_path)
+        elif config.remote_config:
+            log.warning("remote_config without a state folder: a pushed probe set is not "
+                        "kept across restarts", extra={"agent": config.agent.id})
         self.registry.register(AgentStateCollector(lambda: self.streams,
                                                    lambda: len(self.config.probes)))
+        self.registry.register(RemoteConfigCollector(self))
         self.metrics_server = (MetricsServer(config.metrics.listen, self.registry)
                                if config.metrics is not None else None)
         self._stack: contextlib.AsyncExitStack | None = None
@@ -114,7 +163,148 @@ class Agent:
             agent_id=config.agent.id, region=config.agent.region,
             labels=dict(config.agent.labels), version=__version__, epoch=self.epoch,
             interval_ms=max(1, round(config.shortest_interval() * 1000)),
-            probe_count=len(config.probes))
+            probe_count=len(config.probes),
+            config_version=self.remote_version, remote_config=config.remote_config)
+
+    # -- remote configuration (agent/remote.py) ---------------------------------------------
+
+    @property
+    def remote_config(self) -> bool:
+        """Whether this agent accepts pushed probe sets."""
+        return self.local_config.remote_config
+
+    @property
+    def remote_version(self) -> str:
+        """The version of the pushed set running ("" when none)."""
+        return self.remote_running.remote.version if self.remote_running is not None else ""
+
+    def remote_summary(self) -> tuple[str, str, int, int]:
+        """(version, collector id, pushed probes running, refused) for the metrics."""
+        running = self.remote_running
+        if running is None:
+            return "", "", 0, 0
+        return (running.remote.version, running.remote.collector_id, len(self.merged.remote),
+                len(self.merged.refused))
+
+    def next_runs(self) -> dict[str, float]:
+        """Each probe's next firing, unix seconds (the scheduler's)."""
+        return self.scheduler.next_runs()
+
+    def running_status(self) -> pb.ConfigStatus | None:
+        """What runs, for a collector (None when no pushed set runs)."""
+        running = self.remote_running
+        if running is None:
+            return None
+        return pb.ConfigStatus(
+            version=running.remote.version, collector_id=running.remote.collector_id,
+            refused=[pb.RefusedProbe(probe=r.probe, reason=r.reason)
+                     for r in self.merged.refused])
+
+    def apply_probe_config(self, collector_id: str,
+                           probe_config: pb.ProbeConfig) -> pb.ConfigStatus:
+        """Take a set from an authenticated collector; run the HA rule's choice."""
+        remote = RemoteSet(version=probe_config.version, document=probe_config.document,
+                           issued_at_ms=probe_config.issued_at_ms,
+                           source=probe_config.source, collector_id=collector_id)
+        error = ""
+        try:
+            self._parse(remote)
+        except RemoteSetError as exc:
+            error = str(exc)
+            log.error("remote probe set refused: %s", error, extra={  # noqa: TRY400
+                "collector_id": collector_id, "config_version": remote.version})
+        else:
+            self.remote_candidates[collector_id] = remote
+            try:
+                error = self._run_chosen()
+            except ProbeBuildError as exc:  # a local probe whose inputs changed meanwhile
+                error = str(exc)
+                log.error("remote probe set not applied: %s", error)  # noqa: TRY400
+        status = self.running_status() or pb.ConfigStatus()
+        status.received_version = remote.version
+        status.error = error
+        return status
+
+    def _parse(self, remote: RemoteSet) -> ParsedSet:
+        return parse_set(remote, base_dir=self._config_dir, checks=(unavailable_kinds,))
+
+    def _run_chosen(self) -> str:
+        """Run the candidate the HA rule picks (if it is not running yet); an error or ""."""
+        chosen = choose(self.remote_candidates.values())
+        running = self.remote_running
+        if chosen is None or (running is not None and running.remote == chosen):
+            return ""
+        try:
+            parsed = self._parse(chosen)
+        except RemoteSetError as exc:  # cannot happen for a candidate; never run it
+            self.remote_candidates = {k: v for k, v in self.remote_candidates.items()
+                                      if v != chosen}
+            return str(exc)
+        self._apply(self.local_config.probes, parsed)
+        self.remote_running = parsed
+        self._persist(chosen)
+        log.info("remote probe set applied", extra={
+            "config_version": chosen.version, "collector_id": chosen.collector_id,
+            "source": chosen.source, "remote_probes": len(self.merged.remote),
+            "refused": len(self.merged.refused)})
+        for refusal in self.merged.refused:
+            log.warning("remote probe refused: %s", refusal.reason, extra={
+                "probe": refusal.probe, "config_version": chosen.version})
+        running_status = self.running_status()
+        if running_status is not None:
+            for stream in self.streams:  # every collector learns what runs now
+                if stream.collector_id != chosen.collector_id:
+                    stream.announce(running_status)
+        return ""
+
+    def _apply(self, local: Sequence[ProbeSpec], parsed: ParsedSet | None) -> dict[str, int]:
+        """Merge and hand to the scheduler; a pushed probe that cannot be built is refused."""
+        merged = merge(local, parsed, icmp_problem=self._icmp_problem)
+        remote_names = {spec.name for spec in merged.remote}
+        while True:
+            try:
+                counts = self.scheduler.update(merged.probes)
+            except ProbeBuildError as exc:
+                if exc.probe not in remote_names:
+                    raise
+                remote_names.discard(exc.probe)
+                merged = Merged(
+                    tuple(p for p in merged.probes if p.name != exc.probe),
+                    tuple(p for p in merged.remote if p.name != exc.probe),
+                    (*merged.refused, Refusal(exc.probe, exc.message)))
+                continue
+            break
+        self.merged = merged
+        self.config = self.config.model_copy(update={"probes": list(merged.probes)})
+        return counts
+
+    def _persist(self, remote: RemoteSet) -> None:
+        if self.remote_path is None:
+            return
+        try:
+            save_set(self.remote_path, remote)
+        except OSError as exc:
+            log.warning("remote probe set not kept on disk: %s", exc, extra={
+                "path": str(self.remote_path), "config_version": remote.version})
+
+    def _restore_remote(self, path: Path) -> None:
+        """Run the set kept by the previous run (a bad one is logged and ignored)."""
+        remote = load_set(path)
+        if remote is None:
+            return
+        try:
+            parsed = self._parse(remote)
+            self._apply(self.local_config.probes, parsed)
+        except (RemoteSetError, ProbeBuildError) as exc:
+            log.warning("remote probe set not restored: %s", exc, extra={
+                "path": str(path), "config_version": remote.version})
+            return
+        self.remote_candidates[remote.collector_id] = remote
+        self.remote_running = parsed
+        log.info("remote probe set restored", extra={
+            "path": str(path), "config_version": remote.version,
+            "collector_id": remote.collector_id, "source": remote.source,
+            "remote_probes": len(self.merged.remote), "refused": len(self.merged.refused)})
 
     async def __aenter__(self) -> Self:
         """Start the metrics endpoint, the streams, then the probes."""
@@ -174,15 +364,20 @@ class Agent:
         return flushed
 
     def reload(self, config: AgentConfig) -> dict[str, int]:
-        """Apply a new config's probes and scheduler settings (ProbeBuildError: unchanged)."""
-        counts = self.scheduler.update(config.probes)
+        """Apply a new config's probes and scheduler settings (ProbeBuildError: unchanged).
+
+        The pushed probe set that runs stays merged with the new local probes.
+        """
+        counts = self._apply(config.probes, self.remote_running)
+        self.local_config = config
         self.scheduler.set_max_concurrent(config.scheduler.max_concurrent)
         self.scheduler.confirm_failures = config.scheduler.confirm_failures
         needs_restart = [name for name in _RESTART_SECTIONS
                          if getattr(config, name) != getattr(self.config, name)]
         # Sections that need a restart keep their running values.
-        self.config = config.model_copy(update={n: getattr(self.config, n)
-                                                for n in needs_restart})
+        kept = {n: getattr(self.config, n) for n in needs_restart}
+        self.config = config.model_copy(update={**kept, "probes": list(self.merged.probes)})
+        self.local_config = config.model_copy(update=kept)
         log.info("config reloaded", extra=counts)
         if needs_restart:
             log.warning("config sections changed that apply only after a restart",
@@ -199,7 +394,8 @@ async def serve(path: Path, config: AgentConfig, *, ready: asyncio.Event | None 
     with StopSignals(log, forced_status=1,
                      handlers={signal.SIGHUP: reload_requested.set}) as signals:
         stop = signals.stop
-        async with Agent(config, state_dir=choose_state_dir(path, config)) as agent, \
+        async with Agent(config, state_dir=choose_state_dir(path, config),
+                         config_dir=path.parent) as agent, \
                 asyncio.TaskGroup() as tasks:
             tasks.create_task(_reload_loop(agent, path, reload_requested, stop),
                               name="agent-reload")
@@ -212,14 +408,16 @@ async def serve(path: Path, config: AgentConfig, *, ready: asyncio.Event | None 
 
 
 def choose_state_dir(path: Path, config: AgentConfig) -> Path | None:
-    """The folder of the agent's state file; None keeps results in memory only.
+    """The folder of the agent's state file (and kept probe set); None: memory only.
+
+    Chosen with `buffer.disk` or `remote_config` (the pushed set is kept there).
 
     `agent.state_dir` when set (an unusable one fails the start, naming it); else systemd's
     $STATE_DIRECTORY; else `<config name>.state` next to the config file. A default folder
     that cannot be created (a read-only config folder) is logged, and the agent runs with
     its buffer in memory only.
     """
-    if not config.buffer.disk:
+    if not config.buffer.disk and not config.remote_config:
         return None
     if config.agent.state_dir is not None:
         return Path(config.agent.state_dir)
@@ -284,6 +482,17 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
+
+
+def icmp_socket_problem(ip_family: str) -> str | None:
+    """Why this process cannot open an icmp socket of `ip_family` (None when it can)."""
+    from .probes.icmp import icmp_socket_mode  # noqa: PLC0415 - only with icmp probes
+
+    try:
+        icmp_socket_mode("ip6" if ip_family == "ip6" else "ip4")
+    except (PermissionError, OSError) as exc:
+        return str(exc)
+    return None
 
 
 def _check_icmp_permission(config: AgentConfig) -> None:

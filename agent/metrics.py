@@ -17,6 +17,10 @@ state) are read at scrape time by a custom collector. The registry is always pas
 | probenet_agent_collector_state | collector, state | connecting/connected/backoff/closed |
 | probenet_agent_collector_reconnects_total | collector | streams (re)opened |
 | probenet_agent_results_sent_total | collector | results written to the stream (resends too) |
+| probenet_agent_probe_next_run_timestamp_seconds | probe | next firing (a kept probe's stays) |
+| probenet_agent_remote_config_info | version, collector | 1 while a pushed probe set runs |
+| probenet_agent_remote_probes | (none) | pushed probes running |
+| probenet_agent_remote_config_refused_probes | (none) | pushed probes the agent refused |
 """
 
 from __future__ import annotations
@@ -158,6 +162,47 @@ class AgentStateCollector(Collector):
             reconnects.add_metric(labels, stream.reconnects)
             sent.add_metric(labels, stream.results_sent)
         yield from (depth, capacity, dropped, connected, state, reconnects, sent)
+
+
+class RemoteConfigView(Protocol):
+    """What `RemoteConfigCollector` reads from the agent (agent/main.py)."""
+
+    def remote_summary(self) -> tuple[str, str, int, int]:
+        """(version, collector id, probes running, probes refused); version "" when none."""
+        ...
+
+    def next_runs(self) -> dict[str, float]:
+        """Each probe's next firing, unix seconds."""
+        ...
+
+
+class RemoteConfigCollector(Collector):
+    """The pushed probe set the agent runs, and every probe's next firing."""
+
+    def __init__(self, agent: RemoteConfigView) -> None:
+        """Read `agent` on every scrape."""
+        self._agent = agent
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the current values."""
+        version, collector, running, refused = self._agent.remote_summary()
+        info = GaugeMetricFamily("probenet_agent_remote_config_info",
+                                 "1 for the pushed probe set the agent runs (none: no series).",
+                                 labels=["version", "collector"])
+        if version:
+            info.add_metric([version, collector], 1.0)
+        yield info
+        yield GaugeMetricFamily("probenet_agent_remote_probes",
+                                "Probes of the pushed set the agent runs.", value=running)
+        yield GaugeMetricFamily("probenet_agent_remote_config_refused_probes",
+                                "Probes of the pushed set the agent refused (see its log and "
+                                "the collector's status).", value=refused)
+        next_run = GaugeMetricFamily("probenet_agent_probe_next_run_timestamp_seconds",
+                                     "When the probe fires next (unix seconds); unchanged "
+                                     "by a reload that keeps the probe.", labels=["probe"])
+        for name, when in self._agent.next_runs().items():
+            next_run.add_metric([name], when)
+        yield next_run
 
 
 class StateView(Protocol):

@@ -18,6 +18,8 @@ plain successes). Every run is sent.
 
 Reload (`update`): probes whose spec did not change keep their timer and phase; changed
 and new probes start at a random phase of their (new) interval; removed probes stop.
+`next_runs()` shows each probe's next firing on the wall clock (the agent exports it as
+`probenet_agent_probe_next_run_timestamp_seconds`): a kept probe's value does not change.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class ScheduledProbe:
     spec: ProbeSpec
     probe: Probe
     due: float = 0.0  # loop time of the next firing
+    due_wall: float = 0.0  # the same instant on the wall clock (unix seconds), for metrics
     handle: asyncio.TimerHandle | None = None
     task: asyncio.Task[None] | None = None
     runs: int = 0
@@ -159,6 +162,8 @@ class Scheduler:
     def _arm(self, entry: ScheduledProbe, due: float) -> None:
         assert self._loop is not None
         entry.due = due
+        # Computed once per arming, so a kept probe shows exactly the same value.
+        entry.due_wall = self._wall_clock() + (due - self._loop.time())
         entry.handle = self._loop.call_at(due, self._fire, entry)
 
     def _fire(self, entry: ScheduledProbe) -> None:
@@ -279,6 +284,10 @@ class Scheduler:
             if loop is not None and not self._stopped:
                 self._arm(entry, loop.time() + spec.interval * self._rng.random())
         return counts
+
+    def next_runs(self) -> dict[str, float]:
+        """Each probe's next (or current) firing, unix seconds; 0 before the scheduler runs."""
+        return {name: entry.due_wall for name, entry in self.probes.items()}
 
     def set_max_concurrent(self, max_concurrent: int) -> None:
         """Change the concurrency bound for runs that start from now on."""

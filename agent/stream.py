@@ -16,20 +16,29 @@ as dead and reconnected. Below that, HTTP/2 keepalive pings (`keepalive`, answer
 one, and every session opens a connection of its own (never a pooled, possibly dead one).
 Authentication: TLS (optionally mutual) and/or a bearer token read from `token_file` at
 every connect (so a rotated token is picked up).
+
+Remote configuration: a `ProbeConfig` from the collector goes to the agent's
+`ProbeConfigHandler` only when the agent has `remote_config: true` and the collector is
+authenticated (its entry has `tls`, or its address is loopback); otherwise it is refused
+with a `ConfigStatus` saying why. Every `ConfigStatus` (answers, and the one sent after
+each Welcome while a pushed set runs) is written by one task, between result batches.
+Unknown collector messages are ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import grpc
 
+from probenet.addresses import is_loopback_host, split_host_port
 from probenet.backoff import Backoff
 from probenet.lifecycle import EnterOnce
 from probenet.v1 import probenet_pb2 as pb
@@ -50,6 +59,32 @@ _CLOSE_TIMEOUT_S = 2.0
 # Collector answers that no reconnect can fix quickly: back off to the maximum at once.
 _REJECTIONS = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
                          grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION})
+
+
+class ProbeConfigHandler(Protocol):
+    """The agent's side of remote configuration, as a stream sees it (agent/main.py)."""
+
+    @property
+    def remote_config(self) -> bool:
+        """Whether the agent accepts pushed probe sets (`remote_config: true`)."""
+        ...
+
+    def apply_probe_config(self, collector_id: str,
+                           probe_config: pb.ProbeConfig) -> pb.ConfigStatus:
+        """Apply a set from an authenticated collector; the status to answer."""
+        ...
+
+    def running_status(self) -> pb.ConfigStatus | None:
+        """What the agent runs (None when no pushed set runs), sent after a Welcome."""
+        ...
+
+
+def is_authenticated(target: CollectorTarget) -> bool:
+    """Whether the agent knows whom it talks to: TLS, or a loopback address."""
+    if target.tls is not None:
+        return True
+    host, _ = split_host_port(target.address)
+    return is_loopback_host(host)
 
 
 def keepalive_options(target: CollectorTarget) -> list[tuple[str, int]]:
@@ -86,10 +121,12 @@ class CollectorStream:
 
     def __init__(self, target: CollectorTarget, spool: Spool, *,
                  hello: Callable[[], pb.Hello], settings: StreamSettings,
-                 rng: Callable[[], float] = random.random) -> None:
+                 rng: Callable[[], float] = random.random,
+                 probe_configs: ProbeConfigHandler | None = None) -> None:
         """`hello` is called at every connect (it reflects the current config).
 
-        `rng` (uniform in [0, 1)) jitters the reconnect backoff.
+        `rng` (uniform in [0, 1)) jitters the reconnect backoff. `probe_configs` receives
+        pushed probe sets (None: they are answered "remote_config is off").
         """
         self.target = target
         self.spool = spool
@@ -110,6 +147,11 @@ class CollectorStream:
         self._closing = False
         self._lifecycle = EnterOnce("CollectorStream", LifecycleError)
         self._waiting_since: float | None = None  # results in flight with no ack since
+        self._probe_configs = probe_configs
+        self._statuses: collections.deque[pb.ConfigStatus] = collections.deque(maxlen=16)
+        self._status_ready = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._told_remote_off = False
 
     # -- the StreamView of agent.metrics ---------------------------------------------------
 
@@ -175,6 +217,16 @@ class CollectorStream:
                 return False
             await asyncio.sleep(0.02)
         return True
+
+    @property
+    def pending_statuses(self) -> tuple[pb.ConfigStatus, ...]:
+        """ConfigStatus messages not written yet."""
+        return tuple(self._statuses)
+
+    def announce(self, status: pb.ConfigStatus) -> None:
+        """Send `status` to this collector (now if connected, else after the next Welcome)."""
+        self._statuses.append(status)
+        self._status_ready.set()
 
     def _set_state(self, state: str, reason: str = "", **fields: Any) -> None:
         if state == self.state:
@@ -285,6 +337,11 @@ class CollectorStream:
             self.reconnects += 1
             self._set_state("connected", collector_id=welcome.collector_id,
                             acked_seq=welcome.acked_seq, buffered=len(self.spool))
+            self._statuses.clear()  # answers meant for the previous session
+            running = (self._probe_configs.running_status()
+                       if self._probe_configs is not None else None)
+            if running is not None:
+                self.announce(running)
             max_batch = min(welcome.max_batch_results or self.settings.max_batch_results,
                             self.settings.max_batch_results)
             max_bytes = min(welcome.max_message_bytes or MAX_MESSAGE_BYTES,
@@ -296,9 +353,11 @@ class CollectorStream:
                                            name=f"stream-batches:{address}")
                 watchdog = tasks.create_task(self._watch_acks(),
                                              name=f"stream-ack-watchdog:{address}")
-                await asyncio.wait([receiver, sender, watchdog],
+                statuses = tasks.create_task(self._send_statuses(call),
+                                             name=f"stream-config-status:{address}")
+                await asyncio.wait([receiver, sender, watchdog, statuses],
                                    return_when=asyncio.FIRST_COMPLETED)
-                for task in (receiver, sender, watchdog):
+                for task in (receiver, sender, watchdog, statuses):
                     task.cancel()
         except* grpc.aio.AioRpcError as group:
             raise group.exceptions[0] from None
@@ -354,6 +413,45 @@ class CollectorStream:
                 log.info("collector notice", extra={
                     "collector": self.target.address, "code": message.notice.code,
                     "notice": message.notice.message})
+            elif body == "probe_config":
+                self.handle_probe_config(message.probe_config)
+            # Other bodies (a newer collector's) are ignored: they must not end the stream.
+
+    def handle_probe_config(self, probe_config: pb.ProbeConfig) -> None:
+        """Apply (or refuse) a pushed set, and queue the ConfigStatus that answers it."""
+        address = self.target.address
+        handler = self._probe_configs
+        if handler is None or not handler.remote_config:
+            if not self._told_remote_off:
+                self._told_remote_off = True
+                log.info("collector pushes probes; ignored: remote_config is off", extra={
+                    "collector": address, "config_version": probe_config.version})
+            self.announce(pb.ConfigStatus(received_version=probe_config.version,
+                                          error="remote_config is off"))
+            return
+        if not is_authenticated(self.target):
+            error = (f"collector {address} is not authenticated (no tls in its entry and not "
+                     "a loopback address): pushed probes refused")
+            log.warning("remote probe set refused: %s", error, extra={
+                "collector": address, "config_version": probe_config.version})
+            status = pb.ConfigStatus()
+            running = handler.running_status()
+            if running is not None:
+                status.CopyFrom(running)
+            status.received_version = probe_config.version
+            status.error = error
+            self.announce(status)
+            return
+        self.announce(handler.apply_probe_config(self.collector_id, probe_config))
+
+    async def _send_statuses(self, call: Any) -> None:
+        while True:
+            await self._status_ready.wait()
+            self._status_ready.clear()
+            while self._statuses:
+                status = self._statuses.popleft()
+                async with self._write_lock:
+                    await call.write(pb.AgentMessage(config_status=status))
 
     async def _send(self, call: Any, max_batch: int, max_bytes: int) -> None:
         linger = self.settings.linger
@@ -365,7 +463,8 @@ class CollectorStream:
             while batch := spool.take(max_batch, max_bytes):
                 if self._waiting_since is None:
                     self._waiting_since = time.monotonic()
-                await call.write(pb.AgentMessage(batch=pb.ResultBatch(results=batch)))
+                async with self._write_lock:
+                    await call.write(pb.AgentMessage(batch=pb.ResultBatch(results=batch)))
                 self.results_sent += len(batch)
 
     async def _watch_acks(self) -> None:

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 from aiohttp import hdrs, web
@@ -25,7 +26,7 @@ from .errors import JournalError, LifecycleError, ServiceError
 from .exposition import ExpositionFormat, gzip_chunks
 from .journal import Journal
 from .maintenance_api import add_maintenance_routes
-from .model import AgentView, OutageRecord
+from .model import AgentConfigView, AgentView, OutageRecord
 from .uptime_api import UptimeApi
 
 if TYPE_CHECKING:
@@ -240,7 +241,8 @@ class HttpApi:
                  ready: Callable[[], bool],
                  registered_agents: Sequence[tuple[str, str]] = (),
                  maintenance: MaintenanceStore | None = None,
-                 status: StatusPage | None = None) -> None:
+                 status: StatusPage | None = None,
+                 agent_config: Callable[[str], AgentConfigView] | None = None) -> None:
         """`page` renders /metrics; `ready` answers /readyz.
 
         `registered_agents` (id, region) list never-seen agents. `maintenance`: the windows
@@ -254,6 +256,8 @@ class HttpApi:
         self._registered = tuple(registered_agents)
         self._maintenance = maintenance
         self._status = status  # the status page (/status...); `/` redirects to it
+        # With a fleet file: each agent's remote-config fields (collector/fleet.py).
+        self._agent_config = agent_config
         self._runner: web.AppRunner | None = None
         self._lifecycle = EnterOnce("HttpApi", LifecycleError)
         self.port = 0
@@ -346,6 +350,8 @@ class HttpApi:
                 views[agent_id] = AgentView(agent_id, region, connected=False, impaired=False,
                                             stale=True, last_seen=None)
         ordered: list[AgentView] = [views[k] for k in sorted(views)]
+        if self._agent_config is not None:
+            ordered = [replace(v, config=self._agent_config(v.id)) for v in ordered]
         del views  # the list alone holds the views: they are freed as they are sent
         return await _stream_json_list(request, ordered)
 

@@ -15,6 +15,7 @@
     collector_id: <hostname>
     api: {admin_token_file: tokens/admin}           # optional: enables the write API
     maintenance: [{probes, services, regions, start, end, reason}]   # planned windows
+    fleet: {probes_file: fleet.yaml, watch_interval: 2s}   # optional: probes pushed to agents
     tick: 1s
     shutdown_grace: 5s
 
@@ -481,6 +482,15 @@ def _positive(value: float) -> float:
     return value
 
 
+class FleetConfig(FrozenModel):
+    """The fleet file (collector/fleet.py): probes pushed to the agents they select."""
+
+    # Relative to this config file; validated (with the agent's probe rules) at load.
+    probes_file: ExistingFile
+    # How often the file is checked for changes (mtime, size, content hash); SIGHUP too.
+    watch_interval: Annotated[Duration, AfterValidator(_positive)] = 2.0
+
+
 class CollectorConfig(FrozenModel):
     """A whole collector config file."""
 
@@ -498,6 +508,7 @@ class CollectorConfig(FrozenModel):
     api: ApiConfig | None = None
     maintenance: list[MaintenanceEntry] = Field(default_factory=list)
     status_page: StatusPageConfig = Field(default_factory=StatusPageConfig)
+    fleet: FleetConfig | None = None
     tick: Annotated[Duration, AfterValidator(_positive)] = 1.0
     shutdown_grace: Annotated[Duration, AfterValidator(_positive)] = 5.0
 
@@ -620,4 +631,5 @@ def config_summary(config: CollectorConfig) -> dict[str, Any]:
                     f"per_kind_details={config.metrics.kind_details}"),
         "write_api": config.api is not None,
         "maintenance_windows": len(config.maintenance),
+        "fleet": config.fleet.probes_file if config.fleet else None,
     }

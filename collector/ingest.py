@@ -34,7 +34,15 @@ once per (agent, reason). Reasons:
 - result level (the result is dropped, acknowledged, and the stream goes on): `bad_seq`,
   `seq_order`, `seq_jump`, `bad_probe`, `bad_kind`, `bad_duration`, `bad_phase`, `field_too_long`,
   `result_too_large`, `too_many_probes`, `bad_timestamp`, `too_old`, `bad_interval`,
-  `too_many_steps`, `bad_flow`.
+  `too_many_steps`, `bad_flow`;
+- config status level (the ConfigStatus is ignored, and the stream goes on):
+  `bad_config_status` (a version that is not a sha256 hex, strings over their limits, more
+  refused probes than `limits.max_probes_per_agent`).
+
+With a fleet file (collector/fleet.py), the collector pushes each agent that says
+`remote_config` in its Hello its probe set (ProbeConfig) right after Welcome, and again when
+the fleet file changes; those messages go out through the stream's ack writer, in order with
+the acks. The agent answers with ConfigStatus messages, recorded for /api/v1/agents.
 
 Every field of a result is checked against the contract where it is read. Here
 (`_handle_batch`), before anything of the result is used, what the classifier and the
@@ -115,6 +123,7 @@ directory keeps it across restarts), and its seq counts its results from 1 in th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import math
@@ -144,6 +153,7 @@ if TYPE_CHECKING:
 
     from .classify import Classifier
     from .details import LatestDetails
+    from .fleet import FleetPusher
     from .journal import TransitionCommitter
     from .metrics import FailureCounts, IngestMetrics
 
@@ -177,6 +187,7 @@ REJECTION_REASONS = (
     "bad_seq", "seq_order", "seq_jump", "bad_probe", "bad_kind", "bad_duration", "bad_phase",
     "field_too_long", "result_too_large", "too_many_probes",
     "bad_timestamp", "too_old", "bad_interval", "too_many_steps", "bad_flow",
+    "bad_config_status",
 )
 _FLOW = "flow"
 
@@ -226,8 +237,8 @@ class Watermark:
 class _Session:
     """One accepted agent stream."""
 
-    __slots__ = ("agent", "end_code", "end_message", "epoch", "last_active", "region",
-                 "seq_origin_ns", "task", "watermark")
+    __slots__ = ("agent", "end_code", "end_message", "epoch", "labels", "last_active",
+                 "region", "seq_origin_ns", "task", "watermark")
 
     def __init__(self, agent: str, region: str, watermark: Watermark,
                  task: asyncio.Task[Any] | None, *, epoch: int = 0, now: float = 0.0,
@@ -242,6 +253,7 @@ class _Session:
         self.last_active = now  # monotonic time of the Hello or the latest batch
         # The seq bound: (wall ns - seq_origin_ns) * rate (see `IngestServicer._seq_ceiling`).
         self.seq_origin_ns = seq_origin_ns
+        self.labels: Mapping[str, str] = {}  # the Hello's, with the registry's
 
     def end(self, code: grpc.StatusCode, message: str) -> None:
         """End the stream from outside its handler: it answers with `code`."""
@@ -273,7 +285,7 @@ class _AckWriter:
     commit before reading the next one would cap a stream at one batch per commit.
     """
 
-    __slots__ = ("_observe", "_queue", "_task", "_wait", "_write")
+    __slots__ = ("_observe", "_pushed", "_queue", "_task", "_wait", "_write")
 
     def __init__(self, agent: str, *, write: Callable[[bytes], Awaitable[None]],
                  wait: Callable[[int], Awaitable[None]],
@@ -284,6 +296,9 @@ class _AckWriter:
         self._observe = observe
         self._queue: asyncio.Queue[tuple[bytes, int, float] | None] = asyncio.Queue(
             MAX_PENDING_ACKS)
+        # The latest message pushed by the collector (a ProbeConfig) not yet written: only
+        # the newest counts, so a newer push replaces one still waiting.
+        self._pushed: bytes | None = None
         self._task = asyncio.create_task(self._run(), name=f"ingest-acks:{agent}")
         self._task.add_done_callback(_retrieve)
 
@@ -303,6 +318,15 @@ class _AckWriter:
             await self._queue.put(None)
             await asyncio.wait([self._task])
 
+    def push(self, message: bytes) -> None:
+        """Write `message` after the acks queued now (never blocks; the newest one wins)."""
+        if self._task.done():
+            return
+        self._pushed = message
+        with contextlib.suppress(asyncio.QueueFull):
+            # A full queue needs no wake-up: the writer checks after each ack.
+            self._queue.put_nowait(_WAKE)
+
     def cancel(self) -> None:
         """Stop at once; acks not written are dropped (the agent resends those results)."""
         self._task.cancel()
@@ -315,12 +339,20 @@ class _AckWriter:
     async def _run(self) -> None:
         observe = self._observe
         while (item := await self._queue.get()) is not None:
-            ack, commit, queued_at = item
-            if commit:
-                await self._wait(commit)
-            if observe is not None:
-                observe(time.perf_counter() - queued_at)
-            await self._write(ack)
+            if item is not _WAKE:
+                ack, commit, queued_at = item
+                if commit:
+                    await self._wait(commit)
+                if observe is not None:
+                    observe(time.perf_counter() - queued_at)
+                await self._write(ack)
+            if self._pushed is not None:
+                message, self._pushed = self._pushed, None
+                await self._write(message)
+
+
+# Queued to wake an ack writer for a pushed message.
+_WAKE: tuple[bytes, int, float] = (b"", 0, 0.0)
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:
@@ -397,6 +429,38 @@ _RESULT_REJECTION_DETAILS = {
 }
 
 
+_VERSION_CHARS = frozenset("0123456789abcdef")
+
+
+def _bad_version(value: str) -> bool:
+    return bool(value) and (len(value) != 64 or not set(value) <= _VERSION_CHARS)
+
+
+def config_status_problem(status: pb.ConfigStatus, limits: LimitsConfig) -> str | None:
+    """Why a ConfigStatus is out of contract (a log detail), or None."""
+    if _bad_version(status.version) or _bad_version(status.received_version):
+        return "a config version that is not a sha256 hex digest"
+    if len(status.collector_id) > limits.max_label_value_length:
+        return (f"collector_id over {limits.max_label_value_length} characters "
+                "(limits.max_label_value_length)")
+    if len(status.error) > limits.max_error_length:
+        return f"error over {limits.max_error_length} characters (limits.max_error_length)"
+    if len(status.refused) > limits.max_probes_per_agent:
+        return (f"{len(status.refused)} refused probes; at most "
+                f"{limits.max_probes_per_agent} (limits.max_probes_per_agent)")
+    return next((problem for refused in status.refused
+                 if (problem := _refused_problem(refused, limits)) is not None), None)
+
+
+def _refused_problem(refused: pb.RefusedProbe, limits: LimitsConfig) -> str | None:
+    if not is_name(refused.probe) or len(refused.probe) > limits.max_label_value_length:
+        return f"refused probe {refused.probe[:64]!r} is not a valid probe name"
+    if len(refused.reason) > limits.max_error_length:
+        return (f"refused probe {refused.probe!r}: reason over "
+                f"{limits.max_error_length} characters (limits.max_error_length)")
+    return None
+
+
 def flow_problem(result: pb.ProbeResult, *, max_steps: int, max_name: int) -> str | None:
     """The rejection reason of a `flow` result out of contract, or None (module docstring).
 
@@ -456,7 +520,8 @@ class IngestServicer:
                  ack_metrics: AckMetrics | None = None,
                  clock: Callable[[], float],
                  wall_clock_ns: Callable[[], int] = time.time_ns,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 fleet: FleetPusher | None = None) -> None:
         """`watermarks` are the journal's, so deduplication continues after a restart.
 
         `details` receives the wire bytes of each accepted result (None: nothing is kept).
@@ -466,7 +531,8 @@ class IngestServicer:
         `commit_interval` of the last one: an ack waits for it (a batch that finds one due
         commits it at once). `wall_clock_ns` is what epochs are checked against (the agents'
         clocks, not the classifier's `clock`, which tests move by hand); `monotonic` times
-        stream silence.
+        stream silence. `fleet` (with a fleet file) pushes probe sets after Welcome and
+        records each ConfigStatus.
         """
         self._classifier = classifier
         self._committer = committer
@@ -509,6 +575,7 @@ class IngestServicer:
         self._started = monotonic()
         # Agent id -> monotonic time its last stream ended (for `epoch_rollback_after`).
         self._idle_since: dict[str, float] = {}
+        self._fleet = fleet  # with a fleet file: pushes probe sets, records ConfigStatus
 
     @classmethod
     def build(cls, config: CollectorConfig, **kwargs: Any) -> IngestServicer:
@@ -604,11 +671,15 @@ class IngestServicer:
             await _write_settled(context, self._welcome(session))
             acks = _AckWriter(agent, write=context.write, wait=self._until_committed,
                               observe=self._observe_ack)
+            if self._fleet is not None:
+                self._fleet.attach(agent, session.region, session.labels, hello, acks.push)
             while True:
                 data = await context.read()
                 if data is grpc.aio.EOF:
                     break
                 ack = self._handle_batch(session, data)
+                if ack is None:
+                    continue
                 if not await acks.put(ack, self._commit_needed(agent)):
                     break
             await acks.finish()
@@ -715,6 +786,7 @@ class IngestServicer:
         session = _Session(agent, region, watermark, asyncio.current_task(),
                            epoch=hello.epoch, now=self._monotonic(),
                            seq_origin_ns=hello.epoch - skew_ns)
+        session.labels = labels
         self._sessions[agent] = session
         interval_s = hello.interval_ms / 1000 if hello.interval_ms else DEFAULT_INTERVAL_S
         self._classifier.agent_connected(agent, region, labels, interval_s, self._clock())
@@ -848,6 +920,8 @@ class IngestServicer:
         if self._sessions.get(agent) is not session:
             return  # replaced: the newer stream owns the agent now
         del self._sessions[agent]
+        if self._fleet is not None:
+            self._fleet.detach(agent)
         self._idle_since[agent] = self._monotonic()
         self._metrics.streams.set(len(self._sessions))
         try:
@@ -861,14 +935,18 @@ class IngestServicer:
 
     # -- the hot path --------------------------------------------------------------------
 
-    def _handle_batch(self, session: _Session, data: bytes) -> bytes:
+    def _handle_batch(self, session: _Session, data: bytes) -> bytes | None:
         """Parse, validate, deduplicate, apply, commit; return the serialized Ack.
 
-        The Ack goes out once its watermark is durable (`_commit_needed`).
+        The Ack goes out once its watermark is durable (`_commit_needed`). A ConfigStatus
+        is recorded (or counted as `bad_config_status`) and answered with nothing (None).
         """
         details = self._details
         message = self._parse(data)
         body = message.WhichOneof("body")
+        if body == "config_status":
+            self._config_status(session, message.config_status)
+            return None
         if body != "batch":
             if body == "hello":
                 raise StreamRejectedError(_S.INVALID_ARGUMENT, "unexpected_hello",
@@ -1007,6 +1085,16 @@ class IngestServicer:
                                       counted_result=True)
         return pb.CollectorMessage(ack=pb.Ack(
             epoch=watermark.epoch, acked_seq=watermark.seq)).SerializeToString()
+
+    def _config_status(self, session: _Session, status: pb.ConfigStatus) -> None:
+        """Record an agent's ConfigStatus, or count it as `bad_config_status`."""
+        session.last_active = self._monotonic()
+        problem = config_status_problem(status, self._limits)
+        if problem is not None:
+            self._count_rejection(session.agent, "bad_config_status", problem)
+            return
+        if self._fleet is not None:
+            self._fleet.config_status(session.agent, status)
 
     def _seq_ceiling(self, session: _Session) -> int:
         """The highest seq the agent could have numbered by now since its epoch began."""

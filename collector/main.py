@@ -1,10 +1,14 @@
-"""`probenet collector --config F`: load the config, run the service until SIGTERM/SIGINT."""
+"""`probenet collector --config F`: load the config, run the service until SIGTERM/SIGINT.
+
+SIGHUP re-reads the fleet file (`fleet.probes_file`), as its file watch does on a change.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -15,6 +19,7 @@ from probenet.lifecycle import StopSignals
 
 from .config import CollectorConfig, MqttConfig, load_config
 from .errors import CollectorError
+from .fleet import load_fleet
 from .server import CollectorService
 
 if TYPE_CHECKING:
@@ -31,6 +36,8 @@ def run(path: str | Path) -> int:
     """Run the collector of config file `path`; 0 after a clean stop, 1 on a bad config."""
     try:
         config = load_config(path)
+        if config.fleet is not None:
+            load_fleet(config.fleet.probes_file)  # a bad fleet file is a config error
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)  # noqa: T201 - the user's terminal, not a log
@@ -50,6 +57,17 @@ def _mqtt_publisher(config: MqttConfig, registry: CollectorRegistry, collector_i
 
     return MqttPublisher(config, registry=registry, collector_id=collector_id,
                                 initial_states=initial_states)
+
+
+def _reload_on_sighup(stack: contextlib.AsyncExitStack, service: CollectorService) -> None:
+    """SIGHUP asks the service to re-read its fleet file (the handler only sets an event)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, service.request_fleet_reload)
+    except (NotImplementedError, RuntimeError, ValueError):
+        log.info("no SIGHUP here: the fleet file is reloaded by its file watch only")
+        return
+    stack.callback(loop.remove_signal_handler, signal.SIGHUP)
 
 
 async def serve(config: CollectorConfig, stop: asyncio.Event | None = None) -> int:
@@ -74,5 +92,7 @@ async def serve(config: CollectorConfig, stop: asyncio.Event | None = None) -> i
                 sinks.append(publisher)
             service = CollectorService(config, registry=registry, sinks=sinks)
             await stack.enter_async_context(service)
+            if config.fleet is not None:
+                _reload_on_sighup(stack, service)
             await signals.stop.wait()
     return 0

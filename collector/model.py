@@ -339,6 +339,30 @@ class TargetChange:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentConfigView:
+    """An agent's remote configuration, as the collector with a fleet file knows it.
+
+    `current` is None for an agent that does not take remote config (it runs no fleet set).
+    """
+
+    remote_config: bool
+    version: str | None = None  # the set the agent runs (None: none)
+    current: bool | None = None  # it runs the fleet's version for it
+    error: str | None = None  # why the agent refused the pushed set whole
+    refused: tuple[tuple[str, str], ...] = ()  # (probe, reason) it could not run
+
+    def to_json(self) -> dict[str, Any]:
+        """The /api/v1/agents fields."""
+        return {
+            "remote_config": self.remote_config,
+            "config_version": self.version,
+            "config_current": self.current,
+            "config_error": self.error,
+            "config_refused": [{"probe": p, "reason": r} for p, r in self.refused],
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class AgentView:
     """An agent as /api/v1/agents shows it."""
 
@@ -349,10 +373,12 @@ class AgentView:
     stale: bool
     last_seen: float | None
     labels: Mapping[str, str] = field(default_factory=dict)
+    # With a fleet file only (collector/fleet.py): the agent's remote configuration.
+    config: AgentConfigView | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The entry as DESIGN.md's JSON."""
-        return {
+        """The entry as DESIGN.md's JSON (config fields only with a fleet file)."""
+        entry = {
             "id": self.id,
             "region": self.region,
             "connected": self.connected,
@@ -361,6 +387,9 @@ class AgentView:
             "last_seen": rfc3339(self.last_seen),
             "labels": dict(self.labels),
         }
+        if self.config is not None:
+            entry.update(self.config.to_json())
+        return entry
 
 
 Transition = OutageTransition | TargetChange

@@ -34,6 +34,7 @@ from .config import CollectorConfig, config_summary, read_secret
 from .details import DroppedValues, DroppedValuesMetrics, LatestDetails
 from .errors import LifecycleError, ServiceError
 from .exposition import MetricsPage
+from .fleet import FleetMetrics, FleetPusher, load_fleet
 from .ingest import SERVICE_NAME, AckMetrics, IngestServicer
 from .journal import CommitMetrics, Journal, TransitionCommitter
 from .looplag import LoopLagMonitor
@@ -118,6 +119,13 @@ class CollectorService:
         self.ingest_metrics = IngestMetrics(self.registry)
         self._commit_metrics = CommitMetrics(self.registry)
         self.registered_agents = [(a.id, a.region) for a in config.agents or ()]
+        # With a fleet file: validated now (ConfigError: a bad file stops the start).
+        self.fleet: FleetPusher | None = None
+        if config.fleet is not None:
+            self.fleet = FleetPusher(load_fleet(config.fleet.probes_file), clock=clock)
+            self.registry.register(FleetMetrics(self.fleet))
+        self._fleet_reload = asyncio.Event()
+        agent_config = self.fleet.view if self.fleet is not None else None
         self.page = MetricsPage(self.registry, classifier=self.classifier, details=self.details,
                                 failures=self.failures,
                                 registered_agents=self.registered_agents, settings=settings)
@@ -130,12 +138,14 @@ class CollectorService:
             classifier=self.classifier, journal_path=self.journal.path,
             settings=StatusSettings(config.status_page, config.regions),
             registered_agents=self.registered_agents, maintenance=self.maintenance,
-            uptime=self._uptime_reports, outage_detail=outage_detail, clock=self._clock)
+            uptime=self._uptime_reports, outage_detail=outage_detail, clock=self._clock,
+            agent_config=agent_config)
         self.http = HttpApi(config.listen.http, classifier=self.classifier,
                             journal=self.journal, page=self.page,
                             ready=lambda: self.ready,
                             registered_agents=self.registered_agents,
-                            maintenance=self.maintenance, status=self.status_page)
+                            maintenance=self.maintenance, status=self.status_page,
+                            agent_config=agent_config)
         self.grpc_port = 0
         self.ready = False
         self._lifecycle = EnterOnce("CollectorService", LifecycleError)
@@ -175,6 +185,8 @@ class CollectorService:
             tasks.create_task(self._tick_loop(), name="collector-tick")
             tasks.create_task(self._commit_loop(), name="collector-watermark-commit")
             tasks.create_task(self.loop_lag.run(self._stopping), name="collector-loop-lag")
+            if self.fleet is not None:
+                tasks.create_task(self._fleet_watch_loop(), name="collector-fleet-watch")
             await self._health.set("", _HEALTH.SERVING)
             await self._health.set(SERVICE_NAME, _HEALTH.SERVING)
             self.ready = True
@@ -242,7 +254,7 @@ class CollectorService:
             metrics=self.ingest_metrics, failures=self.failures, details=self.details,
             dropped=self.dropped_values,
             watermarks=self.journal.watermarks(), request_commit=self._commit_wanted.set,
-            ack_metrics=self._ack_metrics, clock=self._clock)
+            ack_metrics=self._ack_metrics, clock=self._clock, fleet=self.fleet)
 
     async def _start_grpc(self, stack: contextlib.AsyncExitStack) -> None:
         assert self.ingest is not None
@@ -297,6 +309,33 @@ class CollectorService:
                 self.tick()
             except Exception:
                 log.exception("tick failed")
+
+    def request_fleet_reload(self) -> None:
+        """Re-read the fleet file soon (SIGHUP's handler: it only sets an event)."""
+        self._fleet_reload.set()
+
+    def reload_fleet(self) -> bool:
+        """Re-read the fleet file now; push changed sets. False when kept out (or none)."""
+        return self.fleet.reload() if self.fleet is not None else False
+
+    async def _fleet_watch_loop(self) -> None:
+        """Reload on request (SIGHUP) or when the file changed (polled every watch_interval)."""
+        assert self.fleet is not None
+        assert self.config.fleet is not None
+        fleet, interval = self.fleet, self.config.fleet.watch_interval
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._fleet_reload.wait()
+            if self._stopping.is_set():
+                return
+            requested = self._fleet_reload.is_set()
+            self._fleet_reload.clear()
+            try:
+                if requested or fleet.changed():
+                    fleet.reload()
+            except Exception:
+                log.exception("fleet file reload failed")
 
     async def _commit_loop(self) -> None:
         """The group commit for acks waiting: at `commit_interval` after the last commit.
@@ -373,6 +412,7 @@ class CollectorService:
             await self._grpc.stop(self.config.shutdown_grace)
         self._stopping.set()
         self._commit_wanted.set()  # wakes the commit loop, which then ends
+        self._fleet_reload.set()  # and the fleet watch
         tasks, self._tasks = self._tasks, None
         if tasks is not None:
             await tasks.__aexit__(None, None, None)

@@ -61,9 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_kind(data: Any) -> str:
-    """Tell an agent config from a collector config by its top-level keys."""
-    if isinstance(data, dict) and ("agent" in data or "probes" in data):
+    """Tell an agent config, a fleet file and a collector config apart by their top-level keys.
+
+    An agent config has `agent` (required there); a fleet file has `probes` or `defaults`
+    and nothing of an agent's (`agent`, `collectors`); anything else is a collector config.
+    """
+    if isinstance(data, dict) and "agent" in data:
         return "agent"
+    if isinstance(data, dict) and ("probes" in data or "defaults" in data):
+        return "agent" if "collectors" in data else "fleet"
     return "collector"
 
 
@@ -80,8 +86,11 @@ def check(paths: list[Path]) -> int:
             kind = config_kind(data)
             if kind == "agent":
                 load_agent(path, checks=(unavailable_kinds,))
+            elif kind == "fleet":
+                from probenet.collector.fleet import load_fleet  # noqa: PLC0415 - lazy on purpose
+                load_fleet(path)
             else:
-                load_collector(path)
+                check_fleet(load_collector(path))
         except ConfigError as exc:
             failed = True
             for issue in exc.issues:
@@ -96,6 +105,21 @@ def check(paths: list[Path]) -> int:
             continue
         print(f"{path}: ok ({kind} config)")
     return 1 if failed else 0
+
+
+def check_fleet(config: Any) -> None:
+    """Validate a collector config's fleet file (ConfigError); print selector warnings."""
+    from probenet.collector.fleet import load_fleet, selector_warnings  # noqa: PLC0415
+
+    if config.fleet is None:
+        return
+    path = config.fleet.probes_file
+    fleet = load_fleet(path)
+    if config.agents is None:
+        return  # no registry: any agent may connect, so no selector can be judged
+    registered = [(a.id, a.region, a.labels) for a in config.agents]
+    for issue in selector_warnings(fleet, read_config_text(path), registered):
+        print(issue, file=sys.stderr)
 
 
 def reset_agent(config_path: Path, agent_id: str) -> int:

@@ -379,21 +379,37 @@ def page_html(model: Mapping[str, Any], *, selection: str, now: float) -> str:
                      f'{footer}', live=True)
 
 
+def _config_cell(config: Mapping[str, Any] | None) -> str:
+    """An agent's probe set in words: current or outdated, and the probes it refused."""
+    if config is None:
+        return "<td></td>"
+    refused = "".join(f"<li>{escape(line)}</li>" for line in config["refused"])
+    refused_html = f'<p>Refused probes:</p><ul class="refused">{refused}</ul>' if refused else ""
+    return (f'<td data-config="{escape(config["state"])}">{escape(config["words"])}'
+            f"{refused_html}</td>")
+
+
 def agents_page_html(model: Mapping[str, Any], now: float) -> str:
     """/status/agents: every agent with its health (not served on a public page)."""
     names = _region_names(model)
     rows = []
-    for agent in model.get("agents") or []:
+    agents = model.get("agents") or []
+    # With a fleet file, a column for the probe set each agent runs.
+    fleet = any("config" in agent for agent in agents)
+    for agent in agents:
         health = agent["health"]
         rows.append(
             f'<tr data-agent="{escape(agent["id"])}"><th scope="row">{escape(agent["id"])}</th>'
             f'<td>{escape(names.get(agent["region"], agent["region"]))}</td>'
             f'<td>{badge(health, HEALTH_WORDS.get(health, health))}</td>'
             f'<td>{"yes" if agent["connected"] else "no"}</td>'
-            f'<td>{when(agent["last_seen"], now)}</td></tr>')
+            f'<td>{when(agent["last_seen"], now)}</td>'
+            f'{_config_cell(agent.get("config")) if fleet else ""}</tr>')
+    config_head = '<th scope="col">Probe set</th>' if fleet else ""
     table = ('<div class="scroll"><table class="agents"><thead><tr><th scope="col">Agent</th>'
              '<th scope="col">Region</th><th scope="col">Health</th>'
-             '<th scope="col">Connected</th><th scope="col">Last result</th></tr></thead>'
+             '<th scope="col">Connected</th><th scope="col">Last result</th>'
+             f'{config_head}</tr></thead>'
              f'<tbody>{"".join(rows)}</tbody></table></div>') if rows else \
         '<p class="none">No agent has connected yet.</p>'
     body = (f'{_header(model, "/status/agents")}<main>'

@@ -20,6 +20,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,7 +28,7 @@ from aiohttp import hdrs, web
 
 from ..errors import JournalError
 from ..journal import Journal
-from ..model import AgentView, OutageKind, OutageRecord, rfc3339
+from ..model import AgentConfigView, AgentView, OutageKind, OutageRecord, rfc3339
 from .render import (
     agents_page_html,
     fragments,
@@ -151,8 +152,13 @@ class StatusPage:
                  uptime: UptimeSource | None = None,
                  outage_detail: OutageDetailSource | None = None,
                  clock: Callable[[], float] = time.time,
-                 uptime_refresh_s: float = UPTIME_REFRESH_S) -> None:
-        """`uptime` gives the bars, `outage_detail` an outage's page; `clock` gives now."""
+                 uptime_refresh_s: float = UPTIME_REFRESH_S,
+                 agent_config: Callable[[str], AgentConfigView] | None = None) -> None:
+        """`uptime` gives the bars, `outage_detail` an outage's page; `clock` gives now.
+
+        `agent_config` (with a fleet file) gives each agent's remote-config state.
+        """
+        self._agent_config = agent_config
         self._classifier = classifier
         self._journal_path = journal_path
         self.settings = settings
@@ -198,6 +204,8 @@ class StatusPage:
         for agent_id, region in self._registered:
             views.setdefault(agent_id, AgentView(agent_id, region, connected=False,
                                                  impaired=False, stale=True, last_seen=None))
+        if self._agent_config is not None:
+            return [replace(views[k], config=self._agent_config(k)) for k in sorted(views)]
         return [views[k] for k in sorted(views)]
 
     def model(self, now: float | None = None) -> dict[str, Any]:

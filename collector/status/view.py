@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Mapping, Sequence
 
     from ..config import RegionPlace, StatusPageConfig
-    from ..model import AgentView, OutageRecord, TargetView
+    from ..model import AgentConfigView, AgentView, OutageRecord, TargetView
 
 # A target's `state` (TargetState values; `maintenance` while a window covers the probe).
 STATE_WORDS = {
@@ -198,6 +198,23 @@ def _outage_entry(record: OutageRecord, names: Mapping[str, str]) -> dict[str, A
     }
 
 
+def config_words(config: AgentConfigView) -> dict[str, Any]:
+    """An agent's probe set in words (with a fleet file): current or outdated, refusals."""
+    version = (config.version or "")[:12]
+    if not config.remote_config:
+        state, words = "local", "local config only (remote_config off)"
+    elif config.current:
+        state, words = "current", f"current set ({version})"
+    elif config.version:
+        state, words = "outdated", f"outdated: runs {version}, not the fleet's current set"
+    else:
+        state, words = "outdated", "outdated: runs no fleet set yet"
+    if config.error:
+        words += f"; refused the pushed set: {config.error}"
+    return {"state": state, "words": words,
+            "refused": [f"{probe}: {reason}" for probe, reason in config.refused]}
+
+
 def _health(agent: AgentView) -> str:
     if agent.stale and not agent.connected:
         return "disconnected"
@@ -302,7 +319,8 @@ def build_page(inputs: StatusInputs, settings: StatusSettings) -> dict[str, Any]
     }
     if not public:
         model["agents"] = [{"id": a.id, "region": a.region, "health": _health(a),
-                            "connected": a.connected, "last_seen": rfc3339(a.last_seen)}
+                            "connected": a.connected, "last_seen": rfc3339(a.last_seen),
+                            **({"config": config_words(a.config)} if a.config else {})}
                            for a in sorted(inputs.agents, key=lambda a: (a.region, a.id))]
     return model
 

@@ -61,10 +61,14 @@ PROBES: tuple[ProbePlan, ...] = (
 
 
 def demo_plan(interval_s: float, http_port: int, grpc_port: int) -> FleetPlan:
-    """The demo fleet with the given probe interval and collector ports."""
+    """The demo fleet with the given probe interval and collector ports.
+
+    The probes live in the collector's fleet file: each agent's config holds only its
+    identity, its collector and its token, and runs what the collector pushes.
+    """
     return FleetPlan(agents=AGENTS, probes=PROBES, interval_s=interval_s,
                      http_port=http_port, grpc_port=grpc_port,
-                     collector_settings={"regions": REGION_PLACES})
+                     collector_settings={"regions": REGION_PLACES}, fleet_file=True)
 
 
 def demo_phases() -> tuple[Phase, ...]:

@@ -5,6 +5,10 @@ probes, interval, classification thresholds, ports); `Fleet` writes one collecto
 one config per agent into a work folder, starts `probenet collector` and `probenet agent`
 for each, waits until the collector is ready and every agent is connected, and stops them
 all on exit. The demo and the end-to-end test suite both drive their fleet through it.
+
+With `FleetPlan(fleet_file=True)` the probes go into one `fleet.yaml` that the collector
+pushes to every agent (`fleet: {probes_file: ...}`); each agent's file then holds only its
+identity, its collector, its token, its state folder and `remote_config: true`.
 """
 
 from __future__ import annotations
@@ -137,6 +141,8 @@ class FleetPlan:
     tokens: bool = True
     confirm_delay_s: float | None = None  # None: the agent's default
     collector_settings: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"tick": "250ms"}
+    # True: the probes live in the collector's fleet file and are pushed to the agents.
+    fleet_file: bool = False
 
     def __post_init__(self) -> None:
         """Refuse plans the agents or the collector would refuse later, with a clearer word."""
@@ -237,6 +243,24 @@ def probe_config(probe: ProbePlan, targets: FaultyTargets,
     return entry
 
 
+FLEET_FILE_NAME = "fleet.yaml"
+
+
+def probe_defaults(plan: FleetPlan) -> dict[str, Any]:
+    """The `defaults:` every probe of the plan shares (interval, timeout, confirm delay)."""
+    defaults: dict[str, Any] = {"interval": format_duration(plan.interval_s),
+                                "timeout": format_duration(plan.effective_timeout_s)}
+    if plan.confirm_delay_s is not None:
+        defaults["confirm_delay"] = format_duration(plan.confirm_delay_s)
+    return defaults
+
+
+def fleet_file_config(plan: FleetPlan, targets: FaultyTargets, workdir: Path) -> dict[str, Any]:
+    """The collector's fleet file: the plan's defaults and probes, for every agent."""
+    return {"defaults": probe_defaults(plan),
+            "probes": [probe_config(p, targets, workdir / "secrets") for p in plan.probes]}
+
+
 def collector_config(plan: FleetPlan, workdir: Path) -> dict[str, Any]:
     """The collector's config: loopback listeners, the agent registry, journal, thresholds."""
     registry = []
@@ -252,31 +276,41 @@ def collector_config(plan: FleetPlan, workdir: Path) -> dict[str, Any]:
     }
     if plan.classification:
         config["classification"] = dict(plan.classification)
+    if plan.fleet_file:
+        config["fleet"] = {"probes_file": str(workdir / FLEET_FILE_NAME)}
     config.update(plan.collector_settings)
     return config
 
 
 def agent_config(plan: FleetPlan, seat: AgentSeat, targets: FaultyTargets,
                  workdir: Path) -> dict[str, Any]:
-    """One agent's config: identity, source address, its collector, and every probe."""
+    """One agent's config: identity, source address, its collector, and every probe.
+
+    With `plan.fleet_file`, no probe: identity, collector, token, state folder and
+    `remote_config: true` (the collector pushes the probes).
+    """
     collector: dict[str, Any] = {"address": f"127.0.0.1:{plan.grpc_port}"}
     if plan.tokens:
         collector["token_file"] = str(workdir / "tokens" / seat.id)
-    defaults: dict[str, Any] = {"interval": format_duration(plan.interval_s),
-                                "timeout": format_duration(plan.effective_timeout_s)}
-    if plan.confirm_delay_s is not None:
-        defaults["confirm_delay"] = format_duration(plan.confirm_delay_s)
+    identity: dict[str, Any] = {"id": seat.id, "region": seat.region,
+                                "labels": {"network": seat.network},
+                                "source_address": seat.source_address}
+    if plan.fleet_file:
+        identity["state_dir"] = str(workdir / "state" / seat.id)
+        return {"agent": identity, "collectors": [collector], "remote_config": True}
     return {
-        "agent": {"id": seat.id, "region": seat.region, "labels": {"network": seat.network},
-                  "source_address": seat.source_address},
+        "agent": identity,
         "collectors": [collector],
-        "defaults": defaults,
+        "defaults": probe_defaults(plan),
         "probes": [probe_config(p, targets, workdir / "secrets") for p in plan.probes],
     }
 
 
 def write_configs(plan: FleetPlan, targets: FaultyTargets, workdir: Path) -> dict[str, Path]:
-    """Write tokens, `collector.yaml` and `agent-<id>.yaml`; return name -> config path."""
+    """Write tokens, `collector.yaml` and `agent-<id>.yaml`; return name -> config path.
+
+    With `plan.fleet_file`, also `fleet.yaml` (returned as `fleet`).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "logs").mkdir(exist_ok=True)
     if plan.tokens:
@@ -296,6 +330,9 @@ def write_configs(plan: FleetPlan, targets: FaultyTargets, workdir: Path) -> dic
             path.write_text(targets.login_password + "\n", encoding="utf-8")
             path.chmod(0o600)
     paths = {"collector": workdir / "collector.yaml"}
+    if plan.fleet_file:
+        paths["fleet"] = workdir / FLEET_FILE_NAME
+        _dump(paths["fleet"], fleet_file_config(plan, targets, workdir))
     _dump(paths["collector"], collector_config(plan, workdir))
     for seat in plan.agents:
         paths[seat.id] = workdir / f"agent-{seat.id}.yaml"
@@ -383,6 +420,8 @@ class Fleet:
             await asyncio.gather(*(self.start_agent(a.id, wait=False)
                                    for a in self.plan.agents))
             await self.wait_agents_connected([a.id for a in self.plan.agents])
+            if self.plan.fleet_file:
+                await self.wait_agents_configured([a.id for a in self.plan.agents])
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -534,5 +573,38 @@ class Fleet:
                     name = min(waiting)
                     raise FleetError(name, f"not connected within {self._ready_timeout_s:g}s "
                                      f"(still waiting for {sorted(waiting)})",
+                                     log_tail(self.log_path(name)))
+                await asyncio.sleep(0.2)
+
+    async def wait_agents_configured(self, agent_ids: Sequence[str]) -> None:
+        """Wait until `/api/v1/agents` shows each of `agent_ids` running the fleet file's set.
+
+        Only with `plan.fleet_file`: an agent has no probe until the collector's first push
+        is applied (`config_current: true`).
+        """
+        deadline = time.monotonic() + self._ready_timeout_s
+        waiting = set(agent_ids)
+        seen: dict[str, Any] = {}
+        async with CollectorApi(self.api_url, timeout_s=2.0) as api:
+            while waiting:
+                self._check_alive(["collector", *waiting])
+                try:
+                    entries = await api.get_json("/api/v1/agents")
+                except ApiError as exc:
+                    log.debug("agents not readable yet", extra={"error": str(exc)})
+                else:
+                    for entry in entries if isinstance(entries, list) else []:
+                        if isinstance(entry, dict) and entry.get("id") in waiting:
+                            seen[entry["id"]] = entry
+                            if entry.get("config_current") is True:
+                                waiting.discard(entry["id"])
+                if not waiting:
+                    break
+                if time.monotonic() > deadline:
+                    name = min(waiting)
+                    state = {key: seen.get(name, {}).get(key) for key in
+                             ("config_version", "config_current", "config_error")}
+                    raise FleetError(name, f"not running the fleet file's probes within "
+                                     f"{self._ready_timeout_s:g}s ({state})",
                                      log_tail(self.log_path(name)))
                 await asyncio.sleep(0.2)

@@ -56,6 +56,7 @@ MAY_BE_EMPTY = {
     "rule ProbenetCollectorDown",       # the collector is up
     "rule ProbenetCollectorNotIngesting",  # ... and ingesting
     "rule ProbenetCollectorEventLoopLag",  # ... and its event loop is not held
+    "rule ProbenetAgentConfigOutdated",  # no fleet file: no remote-config agent
     # This fleet runs no `flow` probe: no per-step series, no outage with a failing step.
     "rule ProbenetFlowGlobalOutage",
     "probenet-overview.json panel 20 'Flow outages by step' ref A",

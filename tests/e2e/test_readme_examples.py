@@ -10,6 +10,7 @@ import pytest
 from probenet.agent.config import ConfigError
 from probenet.agent.config import load_config as load_agent
 from probenet.collector.config import load_config as load_collector
+from probenet.collector.fleet import load_fleet
 from support.system import ROOT
 
 README = ROOT / "README.md"
@@ -19,8 +20,8 @@ def yaml_blocks() -> list[str]:
     return re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.DOTALL)
 
 
-def test_readme_collector_and_agent_examples_load(tmp_path):
-    collector_text, agent_text = yaml_blocks()[:2]
+def test_readme_collector_fleet_and_agent_examples_load(tmp_path):
+    collector_text, fleet_text, agent_text = yaml_blocks()[:3]
     # The files the collector example names must exist for its config to load.
     for name in ("tls/collector.pem", "tls/collector-key.pem", "tls/ca.pem"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -29,15 +30,22 @@ def test_readme_collector_and_agent_examples_load(tmp_path):
         (tmp_path / agent).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / agent).write_text("secret\n")
     (tmp_path / "collector.yaml").write_text(collector_text)
+    (tmp_path / "fleet.yaml").write_text(fleet_text)
     (tmp_path / "agent.yaml").write_text(agent_text)
 
     collector = load_collector(tmp_path / "collector.yaml")
     assert {a.id: a.region for a in collector.agents}["fra-1"] == "eu-central"
     assert collector.classification.global_ratio == 0.8
+    assert collector.fleet is not None
+    fleet = load_fleet(collector.fleet.probes_file)
+    fra = fleet.probe_set("fra-1", "eu-central", {"network": "as24940"})
+    iad = fleet.probe_set("iad-1", "us-east", {})
+    assert {"social-web", "social-dns", "social-edge", "social-tls"} <= set(iad.probes)
+    assert set(fra.probes) - set(iad.probes) == {"social-eu-cdn", "transit-as24940", "lab-ssh"}
     agent = load_agent(tmp_path / "agent.yaml")
     assert agent.agent.region == "eu-central"
-    assert {p.kind for p in agent.probes} == {"http", "dns", "tcp", "tls"}
-    assert {p.service for p in agent.probes} == {"social"}
+    assert agent.remote_config is True
+    assert agent.probes == []
 
 
 def test_readme_flow_example_loads(tmp_path):

@@ -94,7 +94,12 @@ async def test_every_documented_metric_is_exported_with_its_labels(tmp_path):
     now = time.time()
     window = (f'maintenance:\n  - {{probes: [edge], start: "{rfc3339(now - 3600)}", '
               f'end: "{rfc3339(now + 3600)}", reason: "exported while covered"}}\n')
-    config = parse_collector_config(collector_yaml(str(tmp_path / "journal.db"), extra=window))
+    # A fleet file (pushing an empty set) and agents with remote_config, so that the fleet's
+    # metrics have samples.
+    (tmp_path / "fleet.yaml").write_text("probes: []\n")
+    fleet = f"fleet: {{probes_file: '{tmp_path / 'fleet.yaml'}'}}\n"
+    config = parse_collector_config(collector_yaml(str(tmp_path / "journal.db"),
+                                                   extra=window + fleet))
     try:
         async with CollectorService(config) as collector, \
                 HttpTarget({"/down": HttpRoute(status=503)},
@@ -125,6 +130,7 @@ agent: {{id: {agent_id}, region: {region}, source_address: {source}}}
 collectors: [{{address: "{collector.grpc_address}"}}]
 defaults: {{interval: 300ms, timeout: 250ms, confirm_delay: 50ms}}
 stream: {{linger: 20ms}}
+remote_config: true
 probes:{probes}""")))
             async with agents[0], agents[1]:
                 await wait_until(lambda: {"checkout", "login"} <= {

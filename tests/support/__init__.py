@@ -19,6 +19,8 @@
 - `e2e_fleet`: real collector and agent processes (`probenet.lab`) with a fault table the
   tests edit
 - `deploy_queries`: every PromQL expression of the shipped dashboards and rules
+- `pushing_collector`: a minimal real Ingest server that pushes the ProbeConfig messages a
+  test controls and records each agent's Hello, results and ConfigStatus
 - `browser`: Debian's chromium through Playwright, a page's console and requests, and a fleet
   whose collector serves the status page (tests/browser, a pytest process of its own)
 """

@@ -46,6 +46,8 @@ CONTRACT_METRICS = frozenset({
     "probenet_step_success", "probenet_step_duration_seconds", "probenet_outage_step",
     # maintenance windows (issue 14): 1 while windows cover the probe in every region.
     "probenet_maintenance_active",
+    # fleet file (issue 15): 1 while a remote-config agent runs its current probe set.
+    "probenet_agent_config_current",
     "up",
 })
 

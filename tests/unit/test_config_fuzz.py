@@ -21,12 +21,12 @@ from probenet.agent.config import load_config as load_agent_config
 from probenet.agent.probes import unavailable_kinds
 from probenet.cli import config_kind
 from probenet.collector.config import load_config as load_collector_config
+from probenet.collector.fleet import load_fleet
 from probenet.configfile import ConfigError, load_tree, read_config_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted([*ROOT.glob("deploy/examples/**/*.yaml"), *ROOT.glob("tests/data/*/*.yaml")])
@@ -114,11 +114,14 @@ def mutate(rng: random.Random, text: str) -> str:
     return text
 
 
-def _load(path: Path) -> BaseModel:
-    """Load `path` the way `probenet check` does: as an agent or a collector config."""
+def _load(path: Path) -> object:
+    """Load `path` the way `probenet check` does: as an agent, fleet or collector config."""
     data, _ = load_tree(read_config_text(path), str(path))
-    if config_kind(data) == "agent":
+    kind = config_kind(data)
+    if kind == "agent":
         return load_agent_config(path, checks=(unavailable_kinds,))
+    if kind == "fleet":
+        return load_fleet(path)
     return load_collector_config(path)
 
 

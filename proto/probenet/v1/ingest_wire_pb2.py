@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprobenet/v1/ingest_wire.proto\x12\x17probenet.v1.ingest_wire\"f\n\x10WireAgentMessage\x12\x0f\n\x05hello\x18\x01 \x01(\x0cH\x00\x12\x39\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32(.probenet.v1.ingest_wire.WireResultBatchH\x00\x42\x06\n\x04\x62ody\"\"\n\x0fWireResultBatch\x12\x0f\n\x07results\x18\x01 \x03(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprobenet/v1/ingest_wire.proto\x12\x17probenet.v1.ingest_wire\"\x7f\n\x10WireAgentMessage\x12\x0f\n\x05hello\x18\x01 \x01(\x0cH\x00\x12\x39\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32(.probenet.v1.ingest_wire.WireResultBatchH\x00\x12\x17\n\rconfig_status\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"\"\n\x0fWireResultBatch\x12\x0f\n\x07results\x18\x01 \x03(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'probenet.v1.ingest_wire_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WIREAGENTMESSAGE']._serialized_start=58
-  _globals['_WIREAGENTMESSAGE']._serialized_end=160
-  _globals['_WIRERESULTBATCH']._serialized_start=162
-  _globals['_WIRERESULTBATCH']._serialized_end=196
+  _globals['_WIREAGENTMESSAGE']._serialized_end=185
+  _globals['_WIRERESULTBATCH']._serialized_start=187
+  _globals['_WIRERESULTBATCH']._serialized_end=221
 # @@protoc_insertion_point(module_scope)

@@ -32,8 +32,11 @@ class WireAgentMessage(_message.Message):
 
     HELLO_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    CONFIG_STATUS_FIELD_NUMBER: _builtins.int
     hello: _builtins.bytes
     """probenet.v1.Hello"""
+    config_status: _builtins.bytes
+    """probenet.v1.ConfigStatus"""
     @_builtins.property
     def batch(self) -> Global___WireResultBatch:
         """probenet.v1.ResultBatch"""
@@ -43,12 +46,13 @@ class WireAgentMessage(_message.Message):
         *,
         hello: _builtins.bytes = ...,
         batch: Global___WireResultBatch | None = ...,
+        config_status: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "hello", b"hello"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "config_status", b"config_status", "hello", b"hello"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "hello", b"hello"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "config_status", b"config_status", "hello", b"hello"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "batch", "config_status"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

@@ -65,21 +65,27 @@ class AgentMessage(_message.Message):
 
     HELLO_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    CONFIG_STATUS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
     def batch(self) -> Global___ResultBatch: ...
+    @_builtins.property
+    def config_status(self) -> Global___ConfigStatus:
+        """The agent's answer to a ProbeConfig (and, after a Hello, what it runs)."""
+
     def __init__(
         self,
         *,
         hello: Global___Hello | None = ...,
         batch: Global___ResultBatch | None = ...,
+        config_status: Global___ConfigStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "hello", b"hello"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "config_status", b"config_status", "hello", b"hello"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "hello", b"hello"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "config_status", b"config_status", "hello", b"hello"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "batch", "config_status"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -92,6 +98,7 @@ class CollectorMessage(_message.Message):
     WELCOME_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
     NOTICE_FIELD_NUMBER: _builtins.int
+    PROBE_CONFIG_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -100,22 +107,135 @@ class CollectorMessage(_message.Message):
     def notice(self) -> Global___Notice:
         """Room for the collector to push messages down later (config hints, drain requests)."""
 
+    @_builtins.property
+    def probe_config(self) -> Global___ProbeConfig:
+        """The agent's probe set from the collector's fleet file (remote configuration)."""
+
     def __init__(
         self,
         *,
         welcome: Global___Welcome | None = ...,
         ack: Global___Ack | None = ...,
         notice: Global___Notice | None = ...,
+        probe_config: Global___ProbeConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "notice", b"notice", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "notice", b"notice", "probe_config", b"probe_config", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "notice", b"notice", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "notice", b"notice", "probe_config", b"probe_config", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "ack", "notice"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "ack", "notice", "probe_config"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___CollectorMessage: _TypeAlias = CollectorMessage  # noqa: Y015
+
+@_typing.final
+class ProbeConfig(_message.Message):
+    """The probes the collector's fleet file selects for this agent: sent after Welcome, and
+    again whenever the fleet file changes. An agent applies it only with `remote_config: true`
+    and only from a collector it authenticated (TLS, or a loopback address).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """The set's version: hex SHA-256 of `document` (a content hash; equal sets, equal versions)."""
+    document: _builtins.str
+    """The set in the agent's own config syntax, as JSON: {"defaults": {...}, "probes": [...]}
+    (the fleet file's selectors already applied and removed).
+    """
+    issued_at_ms: _builtins.int
+    """When the fleet file this set comes from was last modified (unix ms): with several
+    collectors the agent runs the set with the latest `issued_at_ms` (then the larger
+    `version`), so every agent of an HA pair follows the newer fleet file.
+    """
+    source: _builtins.str
+    """The fleet file's name, for the agent's log lines and errors."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        document: _builtins.str = ...,
+        issued_at_ms: _builtins.int = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "issued_at_ms", b"issued_at_ms", "source", b"source", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProbeConfig: _TypeAlias = ProbeConfig  # noqa: Y015
+
+@_typing.final
+class ConfigStatus(_message.Message):
+    """What the agent runs after a ProbeConfig (or after a Hello, when it runs a remote set)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    COLLECTOR_ID_FIELD_NUMBER: _builtins.int
+    RECEIVED_VERSION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """The remote set's version the agent runs now ("" when none)."""
+    collector_id: _builtins.str
+    """The collector whose set that is (a Welcome's collector_id)."""
+    received_version: _builtins.str
+    """The version this status answers (the ProbeConfig received); may differ from `version`
+    when the pushed set was refused whole or another collector's set wins.
+    """
+    error: _builtins.str
+    """Why the pushed set was refused whole ("" when applied): unparseable, a name clash with
+    a local probe, remote_config off, an unauthenticated collector...
+    """
+    @_builtins.property
+    def refused(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefusedProbe]:
+        """Probes of the applied set the agent could not run (e.g. icmp without the privilege)."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        collector_id: _builtins.str = ...,
+        received_version: _builtins.str = ...,
+        error: _builtins.str = ...,
+        refused: _abc.Iterable[Global___RefusedProbe] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collector_id", b"collector_id", "error", b"error", "received_version", b"received_version", "refused", b"refused", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigStatus: _TypeAlias = ConfigStatus  # noqa: Y015
+
+@_typing.final
+class RefusedProbe(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROBE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    probe: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        probe: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["probe", b"probe", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefusedProbe: _TypeAlias = RefusedProbe  # noqa: Y015
 
 @_typing.final
 class Hello(_message.Message):
@@ -148,6 +268,8 @@ class Hello(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     INTERVAL_MS_FIELD_NUMBER: _builtins.int
     PROBE_COUNT_FIELD_NUMBER: _builtins.int
+    CONFIG_VERSION_FIELD_NUMBER: _builtins.int
+    REMOTE_CONFIG_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     region: _builtins.str
     version: _builtins.str
@@ -162,6 +284,12 @@ class Hello(_message.Message):
     """The agent's shortest probe interval in milliseconds: staleness is counted in these."""
     probe_count: _builtins.int
     """Number of probes configured on the agent."""
+    config_version: _builtins.str
+    """The remote probe set's version the agent runs at connect ("" when none): the collector
+    still pushes its set, the agent answers with a ConfigStatus.
+    """
+    remote_config: _builtins.bool
+    """True when the agent accepts remote probe sets (`remote_config: true`)."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -174,10 +302,12 @@ class Hello(_message.Message):
         epoch: _builtins.int = ...,
         interval_ms: _builtins.int = ...,
         probe_count: _builtins.int = ...,
+        config_version: _builtins.str = ...,
+        remote_config: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "epoch", b"epoch", "interval_ms", b"interval_ms", "labels", b"labels", "probe_count", b"probe_count", "region", b"region", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "config_version", b"config_version", "epoch", b"epoch", "interval_ms", b"interval_ms", "labels", b"labels", "probe_count", b"probe_count", "region", b"region", "remote_config", b"remote_config", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
