@@ -15,7 +15,9 @@ Shape (DESIGN.md "Configuration"); every key below is optional unless marked req
     remote_config: false                 # true: also run the probes a collector pushes
     probes:                              # may be empty (or absent) with remote_config
       - {name (required), service, kind (required), target (required), interval, timeout,
-         confirm_delay, all_addresses, labels, <kind>: {kind's own options}}
+         confirm_delay, all_addresses, labels, <kind>: {kind's own options},
+         trace: {on_failure: false, every, max_hops: 30, probes_per_hop: 3,
+                 hop_timeout: 1s, method: udp|icmp, min_gap: 60s}}  # not for flow
 
 Effective values: a probe's `interval`, `timeout` and `confirm_delay` are resolved from
 `defaults` when the probe does not set them, so `ProbeSpec.interval` etc. are always plain
@@ -103,6 +105,7 @@ __all__ = [
     "TcpOptions",
     "TlsClientOptions",
     "TlsOptions",
+    "TraceOptions",
     "load_config",
     "parse_config",
     "resolve_probe_timing",
@@ -451,6 +454,40 @@ class GrpcOptions(FrozenModel):
     tls: TlsClientOptions | None = None
 
 
+class TraceOptions(FrozenModel):
+    """A probe's path traces (`agent/trace.py`): on a confirmed failure and/or on schedule."""
+
+    # One trace when a failure of the probe is confirmed (at most one per `min_gap`).
+    on_failure: bool = False
+    # A baseline trace this often (None: none).
+    every: PositiveDuration | None = None
+    max_hops: int = Field(default=30, ge=1, le=64)
+    probes_per_hop: int = Field(default=3, ge=1, le=10)
+    hop_timeout: PositiveDuration = 1.0
+    method: Literal["udp", "icmp"] = "udp"
+    # The least time between two failure traces of the probe.
+    min_gap: PositiveDuration = 60.0
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: float | None) -> float | None:
+        if value is not None and value < 10:
+            raise ValueError(f"every: at least 10s between baseline traces, got "
+                             f"{format_duration(value)}")
+        return value
+
+    @field_validator("hop_timeout")
+    @classmethod
+    def _hop_timeout(cls, value: float) -> float:
+        if value > 10:
+            raise ValueError(f"hop_timeout: at most 10s, got {format_duration(value)}")
+        return value
+
+
+TRACE_KINDS = frozenset({"http", "tcp", "tls", "grpc", "icmp", "dns"})
+"""The kinds with a host to trace to (dns: its server's address)."""
+
+
 # --------------------------------------------------------------------------- flow options
 
 MAX_FLOW_STEPS = 50
@@ -709,6 +746,7 @@ class ProbeSpec(FrozenModel):
     tls: TlsOptions | None = None
     grpc: GrpcOptions | None = None
     flow: FlowOptions | None = None
+    trace: TraceOptions | None = None
 
     # Which of interval/timeout/confirm_delay the file set on the probe itself.
     _explicit: frozenset[str] = PrivateAttr(default=frozenset())
@@ -735,6 +773,16 @@ class ProbeSpec(FrozenModel):
             raise ValueError(
                 f"{info.field_name} options do not apply to a {kind} probe "
                 f"(its options go under '{kind}:')")
+        return value
+
+    @field_validator("trace")
+    @classmethod
+    def _trace_kind(cls, value: TraceOptions | None,
+                    info: ValidationInfo) -> TraceOptions | None:
+        kind = info.data.get("kind")
+        if value is not None and kind is not None and kind not in TRACE_KINDS:
+            raise ValueError(f"trace applies to probes with a host target "
+                             f"({', '.join(sorted(TRACE_KINDS))}), not {kind}")
         return value
 
     @field_validator("all_addresses")

@@ -44,6 +44,7 @@ from .metrics import (
     ProbeCounters,
     RemoteConfigCollector,
     StateFileCollector,
+    TraceCounters,
 )
 from .probes import unavailable_kinds
 from .remote import (
@@ -64,6 +65,7 @@ from .scheduler import Scheduler
 from .spool import Spool
 from .state import DurableSpools, StateFile, state_path
 from .stream import CollectorStream
+from .tracing import Tracer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -131,9 +133,14 @@ class Agent:
                             probe_configs=self)
             for target, spool in zip(config.collectors, self.spools, strict=True)]
         self.scheduler = Scheduler(
-            config.probes, sink=self.fanout.publish, source_address=config.agent.source_address,
+            config.probes, sink=self._publish, source_address=config.agent.source_address,
             max_concurrent=config.scheduler.max_concurrent,
             confirm_failures=config.scheduler.confirm_failures, counters=self.counters)
+        # Path traces (agent/tracing.py): published like results, as kind "trace".
+        self.tracer = Tracer(lambda: {n: e.spec for n, e in self.scheduler.probes.items()},
+                             sink=self.fanout.publish,
+                             source_address=config.agent.source_address,
+                             counters=TraceCounters(self.registry))
         # Remote configuration: the last set of each collector (by collector id), the one
         # running, and how it merged with the local probes.
         self._config_dir = config_dir if config_dir is not None else Path()
@@ -276,6 +283,7 @@ class Agent:
             break
         self.merged = merged
         self.config = self.config.model_copy(update={"probes": list(merged.probes)})
+        self.tracer.sync()
         return counts
 
     def _persist(self, remote: RemoteSet) -> None:
@@ -322,6 +330,7 @@ class Agent:
             for stream in self.streams:
                 await stack.enter_async_context(stream)
             await stack.enter_async_context(self.scheduler)
+            await stack.enter_async_context(self.tracer)
             self._stack = stack.pop_all()
         agent = self.config.agent
         log.info("agent started", extra={
@@ -330,6 +339,11 @@ class Agent:
             "source_address": agent.source_address or "", "epoch": self.epoch})
         _check_icmp_permission(self.config)
         return self
+
+    def _publish(self, result: pb.ProbeResult) -> None:
+        """Publish a probe result; a confirmed failure may start a path trace."""
+        self.fanout.publish(result)
+        self.tracer.observe(result)
 
     def _restore(self, durable: DurableSpools) -> None:
         """Take over the state file's epoch, sequence and unacknowledged results."""

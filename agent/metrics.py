@@ -80,6 +80,20 @@ class ProbeCounters:
             self.failures.labels(kind, phase, reason).inc()
 
 
+class TraceCounters:
+    """Counters of path traces (agent/tracing.py); traces are never probe runs."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """Register the counters in `registry`."""
+        self.taken = Counter("probenet_agent_traces",
+                             "Path traces taken, by trigger (failure, baseline) and result "
+                             "(reached, not_reached, error).",
+                             ["trigger", "result"], registry=registry)
+        self.skipped = Counter("probenet_agent_traces_skipped",
+                               "Path traces not taken, by reason (min_gap, running, "
+                               "max_concurrent).", ["reason"], registry=registry)
+
+
 class StreamView(Protocol):
     """What the scrape-time collector reads from a stream client."""
 

@@ -19,6 +19,13 @@ CPU 0 hosts the system under test, one at a time:
    completed are the driver's successful `/probe` answers, CPU seconds those of the
    exporter process.
 
+3. Path traces (agent/trace.py): a process pinned to CPU 0 runs the trace engine against
+   127.0.0.1 (UDP, 3 probes per hop, reached at hop 1), `--trace-concurrency` traces at
+   once, for `--seconds`; the figure is traces per CPU-second of that process, quoted next
+   to the agent's http probes per CPU-second of the same run (`ratio_trace_http`).
+
+`--only trace` runs just the agent's http row and the trace row.
+
 Every probe opens a fresh connection (the agent always does; blackbox_exporter builds a new
 HTTP client per probe). The figure to compare is probes per CPU-second of the process under
 test; the ratio agent/blackbox is printed per kind. Then an agent with 10,000 probe
@@ -310,6 +317,46 @@ async def measure_blackbox(kind: str, target: str, args: argparse.Namespace,
 
 # -- idle memory ----------------------------------------------------------------------
 
+TRACE_CODE = r"""
+import asyncio, json, os, sys, time
+os.sched_setaffinity(0, {%d})
+from probenet.agent.trace import trace
+
+async def main(seconds, concurrency):
+    counts = {"traces": 0, "reached": 0}
+    stop_at = time.monotonic() + seconds
+
+    async def worker():
+        while time.monotonic() < stop_at:
+            result = await trace("127.0.0.1", hop_timeout_s=1.0)
+            counts["traces"] += 1
+            counts["reached"] += result.reached
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return counts
+
+asyncio.run(main(0.5, 4))  # warm-up
+cpu0, wall0 = time.process_time(), time.monotonic()
+counts = asyncio.run(main(%f, %d))
+counts["cpu_s"] = time.process_time() - cpu0
+counts["wall_s"] = time.monotonic() - wall0
+print(json.dumps(counts))
+"""
+
+
+def measure_trace(args: argparse.Namespace) -> dict[str, float]:
+    """Traces per CPU-second of the trace engine, against 127.0.0.1."""
+    out = subprocess.run(
+        [sys.executable, "-c", TRACE_CODE % (SUT_CPU, args.seconds, args.trace_concurrency)],
+        cwd=ROOT, capture_output=True, check=True, text=True, timeout=args.seconds + 60)
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    cpu = max(counts["cpu_s"], 1e-9)
+    return {"traces": counts["traces"], "reached": counts["reached"],
+            "traces_per_s": counts["traces"] / counts["wall_s"],
+            "traces_per_cpu_s": counts["traces"] / cpu,
+            "cpu_s_per_1000": 1000 * cpu / max(counts["traces"], 1)}
+
+
 async def measure_idle_rss(collector: str, folder: Path, count: int) -> dict[str, float]:
     port = free_port()
     config = folder / "agent-idle.yaml"
@@ -367,6 +414,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             tcp_target = f"127.0.0.1:{tcp_port}"
             await asyncio.sleep(1.0)
             loops = [False, True] if has_uvloop else [False]
+            if args.only == "trace":
+                figures["agent_http"] = await measure_agent(
+                    "http", http_target, args, collector=f"127.0.0.1:{grpc_port}",
+                    folder=folder, uvloop=False)
+                figures["trace"] = measure_trace(args)
+                return _ratios(figures)
             for kind, target in (("http", http_target), ("tcp", tcp_target)):
                 for use_uvloop in loops:
                     name = f"agent_{kind}" + ("_uvloop" if use_uvloop else "")
@@ -386,10 +439,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 uvloop=False)
             figures["idle"] = await measure_idle_rss(f"127.0.0.1:{grpc_port}", folder,
                                                      args.idle_probes)
+            figures["trace"] = measure_trace(args)
         finally:
             stop(collector)
             targets.kill()
             targets.wait()
+    return _ratios(figures)
+
+
+def _ratios(figures: dict[str, Any]) -> dict[str, Any]:
+    trace_row, http_row = figures.get("trace"), figures.get("agent_http")
+    if trace_row and http_row and http_row["probes_per_cpu_s"] > 0:
+        figures["ratio_trace_http"] = trace_row["traces_per_cpu_s"] / http_row["probes_per_cpu_s"]
     flow, http = figures.get("agent_flow"), figures.get("agent_http")
     if flow and http and http["probes_per_cpu_s"] > 0:
         flow["steps_per_cpu_s"] = flow["probes_per_cpu_s"] * FLOW_STEPS
@@ -402,6 +463,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 figures[f"ratio_{kind}{suffix}"] = (agent["probes_per_cpu_s"] /
                                                     black["probes_per_cpu_s"])
     return figures
+
+
+def print_trace(figures: dict[str, Any]) -> None:
+    trace_row = figures.get("trace")
+    if trace_row:
+        print(f"{'trace':<22} {trace_row['traces_per_s']:>10.0f} "
+              f"{trace_row['cpu_s_per_1000']:>11.3f} {trace_row['traces_per_cpu_s']:>13.0f} "
+              f"{trace_row['traces'] - trace_row['reached']:>9.0f}   (traces to 127.0.0.1)")
+    if "ratio_trace_http" in figures:
+        print(f"{'trace/http':<22} traces per CPU-second / http probes per CPU-second = "
+              f"{figures['ratio_trace_http']:.2f}")
 
 
 def print_table(figures: dict[str, Any]) -> None:
@@ -430,7 +502,10 @@ def print_table(figures: dict[str, Any]) -> None:
     for key in ("ratio_http", "ratio_http_uvloop", "ratio_tcp", "ratio_tcp_uvloop"):
         if key in figures:
             print(f"{key:<22} agent/blackbox probes per CPU-second = {figures[key]:.2f}")
-    idle = figures["idle"]
+    print_trace(figures)
+    idle = figures.get("idle")
+    if idle is None:
+        return
     print(f"idle agent with {idle['probes']} probes: RSS {idle['rss_mb']:.1f} MB, "
           f"CPU {100 * idle['idle_cpu_share']:.1f}% of a core")
 
@@ -446,6 +521,10 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=64,
                         help="concurrent /probe requests to blackbox_exporter")
     parser.add_argument("--idle-probes", type=int, default=10_000)
+    parser.add_argument("--trace-concurrency", type=int, default=16,
+                        help="path traces at once in the trace row")
+    parser.add_argument("--only", choices=["all", "trace"], default="all",
+                        help="trace: only the agent's http row and the trace row")
     result = asyncio.run(main(parser.parse_args()))
     print(json.dumps(result, indent=1), file=sys.stderr)
     print_table(result)

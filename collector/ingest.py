@@ -34,7 +34,7 @@ once per (agent, reason). Reasons:
 - result level (the result is dropped, acknowledged, and the stream goes on): `bad_seq`,
   `seq_order`, `seq_jump`, `bad_probe`, `bad_kind`, `bad_duration`, `bad_phase`, `field_too_long`,
   `result_too_large`, `too_many_probes`, `bad_timestamp`, `too_old`, `bad_interval`,
-  `too_many_steps`, `bad_flow`;
+  `too_many_steps`, `bad_flow`, `bad_trace`;
 - config status level (the ConfigStatus is ignored, and the stream goes on):
   `bad_config_status` (a version that is not a sha256 hex, strings over their limits, more
   refused probes than `limits.max_probes_per_agent`).
@@ -145,6 +145,7 @@ from .config import AgentEntry, CollectorConfig, LimitsConfig, read_secret
 from .details import DroppedValues
 from .errors import JournalError, StreamRejectedError
 from .model import PHASE_NAMES
+from .traces import TRACE_KIND, trace_problem
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -156,6 +157,7 @@ if TYPE_CHECKING:
     from .fleet import FleetPusher
     from .journal import TransitionCommitter
     from .metrics import FailureCounts, IngestMetrics
+    from .traces import TraceStore
 
 log = logging.getLogger(__name__)
 
@@ -186,10 +188,11 @@ REJECTION_REASONS = (
     "bad_epoch", "agent_already_connected",
     "bad_seq", "seq_order", "seq_jump", "bad_probe", "bad_kind", "bad_duration", "bad_phase",
     "field_too_long", "result_too_large", "too_many_probes",
-    "bad_timestamp", "too_old", "bad_interval", "too_many_steps", "bad_flow",
+    "bad_timestamp", "too_old", "bad_interval", "too_many_steps", "bad_flow", "bad_trace",
     "bad_config_status",
 )
 _FLOW = "flow"
+_TRACE = TRACE_KIND
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,7 +524,8 @@ class IngestServicer:
                  clock: Callable[[], float],
                  wall_clock_ns: Callable[[], int] = time.time_ns,
                  monotonic: Callable[[], float] = time.monotonic,
-                 fleet: FleetPusher | None = None) -> None:
+                 fleet: FleetPusher | None = None,
+                 traces: TraceStore | None = None) -> None:
         """`watermarks` are the journal's, so deduplication continues after a restart.
 
         `details` receives the wire bytes of each accepted result (None: nothing is kept).
@@ -576,6 +580,7 @@ class IngestServicer:
         # Agent id -> monotonic time its last stream ended (for `epoch_rollback_after`).
         self._idle_since: dict[str, float] = {}
         self._fleet = fleet  # with a fleet file: pushes probe sets, records ConfigStatus
+        self._traces = traces  # path traces (kind "trace") go there, never to the classifier
 
     @classmethod
     def build(cls, config: CollectorConfig, **kwargs: Any) -> IngestServicer:
@@ -1000,6 +1005,8 @@ class IngestServicer:
         duplicates = 0
         stray_steps = 0  # a `step` on a success or a non-flow result: ignored, counted
         rejected: dict[str, int] | None = None
+        traces: list[pb.ProbeResult] = []
+        bad_trace = ""
         highest = 0
         for index, result in enumerate(results):
             seq = result.seq
@@ -1016,7 +1023,7 @@ class IngestServicer:
                 probe = result.probe
                 if probe not in known_probes and not _known_name(probe, known_probes):
                     reason = "bad_probe"
-                elif (kind := result.kind) not in kinds:
+                elif (kind := result.kind) not in kinds and kind != _TRACE:
                     reason = "bad_kind"
                 elif not 0.0 <= result.duration_seconds <= MAX_DURATION_S:
                     reason = "bad_duration"
@@ -1030,6 +1037,15 @@ class IngestServicer:
                 elif kind == _FLOW and (flow_reason := flow_problem(
                         result, max_steps=max_steps, max_name=max_service)) is not None:
                     reason = flow_reason
+                elif kind == _TRACE:
+                    # A path trace: checked, kept apart, never classified (collector/traces.py).
+                    if (trace_detail := trace_problem(result)) is not None:
+                        reason = "bad_trace"
+                        bad_trace = trace_detail
+                    else:
+                        traces.append(result)
+                    if reason is None:
+                        continue
                 # With the details store, every result that gets this far reads its wire
                 # bytes here (`wire`, kept below if it is accepted): they are what is kept.
                 elif details is not None and len(wire := wires[index]) > max_result:
@@ -1065,6 +1081,8 @@ class IngestServicer:
             if details is not None:
                 details.update(session.agent, kept)
             metrics.applied.inc(len(accepted))
+        if traces:
+            self._keep_traces(session, traces)
         if highest > applied_upto:
             watermark.seq = highest
             # Journaled with the transitions this batch caused, if any; else by the next
@@ -1080,11 +1098,40 @@ class IngestServicer:
         if rejected:
             for reason, count in rejected.items():
                 metrics.rejected.inc(count)
-                self._count_rejection(session.agent, reason,
-                                      self._result_rejection_detail(reason, len(held)), count,
+                detail = (f"a path trace out of contract: {bad_trace}" if reason == "bad_trace"
+                          else self._result_rejection_detail(reason, len(held)))
+                self._count_rejection(session.agent, reason, detail, count,
                                       counted_result=True)
         return pb.CollectorMessage(ack=pb.Ack(
             epoch=watermark.epoch, acked_seq=watermark.seq)).SerializeToString()
+
+    def _keep_traces(self, session: _Session, traces: list[pb.ProbeResult]) -> None:
+        """Hand accepted path traces to the store (without one they are only acknowledged).
+
+        A journal failure loses the trace (logged), never the batch: traces are diagnostics.
+        """
+        store = self._traces
+        if store is None:
+            return
+        now = self._clock()
+        # Only traces of probes the agent reports results for (read after this batch's
+        # results were applied): so an agent cannot fill the journal with made-up probes.
+        held = self._classifier.agent_probes(session.agent)
+        unknown = 0
+        for result in traces:
+            if result.probe not in held:
+                unknown += 1
+                continue
+            try:
+                store.add(session.agent, session.region, result, now)
+            except JournalError as exc:
+                log.warning("path trace not kept", extra={
+                    "agent": session.agent, "probe": result.probe, "error": str(exc)})
+        if unknown:
+            self._metrics.rejected.inc(unknown)
+            self._count_rejection(session.agent, "bad_trace",
+                                  "a path trace of a probe the agent reports no result for",
+                                  unknown, counted_result=True)
 
     def _config_status(self, session: _Session, status: pb.ConfigStatus) -> None:
         """Record an agent's ConfigStatus, or count it as `bad_config_status`."""

@@ -23,6 +23,9 @@ One file, WAL mode, `synchronous=NORMAL`: a committed transaction survives a cra
   run is `unknown` in uptime reports;
 - `maintenance_windows`: the maintenance windows created through the API (the window's JSON
   with times as unix seconds), so they survive a restart; config windows are not stored.
+- `path_traces`: path traces (probe, agent, region, trigger, taken_at, outage_id, trace JSON),
+  bounded per (probe, agent) and per outage by collector/traces.py, so an outage's `paths`
+  survive a restart.
 
 History is kept RETENTION_DAYS (pruned when a run starts and daily): older runs go, and a
 probe's rows older than that except its last one before the cutoff in a run still kept.
@@ -139,6 +142,18 @@ CREATE TABLE IF NOT EXISTS maintenance_windows (
     "end" REAL NOT NULL,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS path_traces (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    probe TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    region TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    taken_at REAL NOT NULL,
+    outage_id TEXT,
+    trace TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS path_traces_by_probe ON path_traces (probe, taken_at);
+CREATE INDEX IF NOT EXISTS path_traces_by_pair ON path_traces (probe, agent, outage_id);
 """
 
 _SET_VERSION = "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '1');"

@@ -43,6 +43,7 @@ from .maintenance_api import MaintenanceMetrics
 from .metrics import FailureCounts, IngestMetrics
 from .status.routes import StatusPage
 from .status.view import StatusSettings
+from .traces import PathMetrics, TraceStore
 from .uptime_api import outage_detail, uptime_reports
 
 if TYPE_CHECKING:
@@ -115,6 +116,8 @@ class CollectorService:
             self.details.dropped if self.details is not None else DroppedValues())
         self.registry.register(DroppedValuesMetrics(self.dropped_values))
         self.journal = Journal(config.journal.path)
+        self.traces = TraceStore(self.journal, open_outages=self.classifier.open_outages)
+        self.registry.register(PathMetrics(self.traces))
         self.failures = FailureCounts(settings.max_failure_series)
         self.ingest_metrics = IngestMetrics(self.registry)
         self._commit_metrics = CommitMetrics(self.registry)
@@ -243,6 +246,7 @@ class CollectorService:
         now = self._clock()
         self.classifier.restore(open_outages, now)
         self.maintenance.load(self.journal.maintenance_windows(ended_after=now - RETAIN_ENDED_S))
+        self.traces.load()
         self.apply_maintenance(commit=False)
         self.maintenance.subscribe(self.apply_maintenance)
         self.committer.commit()
@@ -254,7 +258,8 @@ class CollectorService:
             metrics=self.ingest_metrics, failures=self.failures, details=self.details,
             dropped=self.dropped_values,
             watermarks=self.journal.watermarks(), request_commit=self._commit_wanted.set,
-            ack_metrics=self._ack_metrics, clock=self._clock, fleet=self.fleet)
+            ack_metrics=self._ack_metrics, clock=self._clock, fleet=self.fleet,
+            traces=self.traces)
 
     async def _start_grpc(self, stack: contextlib.AsyncExitStack) -> None:
         assert self.ingest is not None

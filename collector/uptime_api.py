@@ -24,6 +24,7 @@ from .errors import JournalError
 from .history import has_probe, read_history, service_probes
 from .journal import Journal
 from .model import OutageEvent, OutageRecord, rfc3339
+from .traces import outage_paths
 from .uptime import MAX_DAYS, UptimeReport, compute_uptime, report_range
 
 if TYPE_CHECKING:
@@ -185,10 +186,14 @@ def _read_detail(journal_path: str, outage_id: str,
                       for seq, event, at, text in rows]
         except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
             raise JournalError(journal_path, f"outage events read failed: {exc}") from exc
-    if live is not None:
-        record = live
-    if record is None:
-        return None
+        if live is not None:
+            record = live
+        if record is None:
+            return None
+        try:
+            paths = outage_paths(journal.db, record, time.time())
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+            raise JournalError(journal_path, f"path traces read failed: {exc}") from exc
     first = events[0][3] if events else record
     timeline = [_timeline_entry(record.started_at, "started", first, None)]
     timeline += [_timeline_entry(at, event, snapshot, seq)
@@ -202,6 +207,7 @@ def _read_detail(journal_path: str, outage_id: str,
         "duration_seconds": (None if record.ended_at is None
                              else round(record.ended_at - record.started_at, 3)),
         "timeline": timeline,
+        "paths": paths,
     }
 
 
@@ -214,6 +220,8 @@ async def outage_detail(journal_path: str, outage_id: str,
     journaled event in order: `opened` (the detection), `scope_changed`, `updated`
     (regions, phase or reason changed), `resolved`; each entry carries `at`, `event`,
     `seq` (null for `started`), `scope`, `regions`, `phase`, `reason` and `step` after it.
+    `paths`: the path traces of a probe or service outage and their summary
+    (collector/traces.py `outage_paths`), null for other kinds.
     """
     live = next((record for record in open_records if record.id == outage_id), None)
     return await asyncio.to_thread(_read_detail, journal_path, outage_id, live)

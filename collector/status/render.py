@@ -13,7 +13,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 from .headline import clock_time
-from .view import ALL, HEALTH_WORDS, NO_SERVICE, STATE_WORDS, VERDICT_WORDS
+from .view import ALL, HEALTH_WORDS, NO_SERVICE, STATE_WORDS, VERDICT_WORDS, paths_view
 from .worldmap import world_map
 
 if TYPE_CHECKING:
@@ -472,5 +472,26 @@ def outage_page_html(model: Mapping[str, Any], detail: Mapping[str, Any], now: f
             f'data-outage="{escape(str(detail.get("id", "")))}">'
             f'<h2>{escape(title)}</h2><dl class="facts">{dl}</dl></section>'
             f'<section id="timeline"><h2>Timeline</h2>{timeline}</section>'
+            f'{_paths_html(detail, model, names, now)}'
             '<p><a href="/status">Back to the status page</a></p></main>')
     return _document(f'{model["title"]}: {title}', body, live=False)
+
+
+def _paths_html(detail: Mapping[str, Any], model: Mapping[str, Any],
+                names: Mapping[str, str], now: float) -> str:
+    """The outage's path traces: the summary sentence, then (not public) hops per region."""
+    shown = paths_view(detail.get("paths"), public=bool(model["public"]))
+    if shown is None:
+        return ""
+    parts = [f'<p class="paths-summary">{escape(shown["text"])}</p>']
+    for region in shown["regions"]:
+        rows = "".join(
+            f'<li><strong>{escape(agent["agent"])}</strong> '
+            f'({escape(str(agent["trigger"] or ""))}, {when(agent["taken_at"], now)}): '
+            f'<ol class="hops">{"".join(f"<li>{escape(hop)}</li>" for hop in agent["hops"])}'
+            f'</ol>{" reached the target" if agent["reached"] else ""}</li>'
+            for agent in region["agents"])
+        parts.append(f'<h3>{escape(names.get(region["region"], region["region"]))}</h3>'
+                     f'<ul class="paths">{rows}</ul>')
+    return f'<section id="paths"><h2>Paths</h2>{"".join(parts)}</section>'
+

@@ -331,3 +331,30 @@ def _uptime_entry(report: Mapping[str, Any]) -> dict[str, Any]:
               "seconds": dict(day.get("seconds") or {})}
              for day in report.get("daily") or []]
     return {"availability": report.get("availability"), "daily": daily}
+
+
+def paths_view(paths: Mapping[str, Any] | None, *, public: bool) -> dict[str, Any] | None:
+    """What an outage page shows of its path traces (`paths` of /api/v1/outages/{id}).
+
+    A public page gets the summary sentence without addresses (hop addresses are the
+    network's, and an operator's internal hops are no one else's business) and nothing
+    per agent; otherwise the sentence and, per region, the hop list of each agent's trace.
+    """
+    if not paths:
+        return None
+    summary = paths.get("summary") or {}
+    if public:
+        text = summary.get("public_text") or summary.get("text") or ""
+        return {"text": text, "regions": []} if text else None
+    regions = []
+    for region, entry in sorted((paths.get("regions") or {}).items()):
+        agents = []
+        for agent, taken in sorted((entry.get("agents") or {}).items()):
+            trace = taken.get("trace") or {}
+            agents.append({
+                "agent": agent, "trigger": taken.get("trigger"), "taken_at": taken.get(
+                    "taken_at"), "reached": bool(trace.get("reached")),
+                "hops": [hop.get("address") or "*" for hop in trace.get("hops") or []]})
+        regions.append({"region": region, "last_hop": entry.get("last_hop"),
+                        "reached": bool(entry.get("reached")), "agents": agents})
+    return {"text": summary.get("text") or "", "regions": regions}

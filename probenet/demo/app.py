@@ -177,8 +177,21 @@ class DemoRun:
                 self.snapshot = snapshot
                 for event in self.observer.update(snapshot):
                     self._report(event)
+                await self._report_paths(snapshot)
             self._refresh()
             await self._sleep_unless_stopped(self._poll_s)
+
+    async def _report_paths(self, snapshot: FleetSnapshot) -> None:
+        """Tell where the paths of each open probe outage break, once their traces are in."""
+        for outage in snapshot.outages:
+            if outage.kind != "probe":
+                continue
+            try:
+                detail = await self.api.get_json(f"/api/v1/outages/{outage.id}")
+            except ApiError:
+                continue  # resolved meanwhile, or the API is away: the next poll tells
+            if isinstance(detail, dict) and (event := self.observer.paths(outage, detail)):
+                self._report(event)
 
     def _report(self, event: DemoEvent) -> None:
         if self.live is not None and event.event == "target_state":

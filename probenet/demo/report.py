@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .table import format_seconds
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from probenet.lab.snapshot import FleetSnapshot, OutageEntry
 
@@ -18,7 +18,7 @@ class DemoEvent:
     """One change seen between two snapshots (`event` is a stable name, for logs)."""
 
     event: str  # outage_opened | outage_scope_changed | outage_resolved | agent_health |
-    #             target_state
+    #             target_state | outage_paths
     message: str
     fields: dict[str, Any]
 
@@ -58,6 +58,20 @@ class FleetObserver:
         self._states: dict[str, str] = {}
         self.impaired_agents: dict[str, str] = {}  # agent id -> region, ever impaired
         self.seen_outages: dict[str, OutageEntry] = {}  # id -> latest open view
+        self._path_texts: dict[str, str] = {}  # outage id -> last path summary reported
+
+    def paths(self, outage: OutageEntry, detail: Mapping[str, Any]) -> DemoEvent | None:
+        """The path summary of an open outage (its /api/v1/outages/{id}), when it changed.
+
+        None until traces exist (`paths.summary.text`), and for a sentence already told.
+        """
+        paths = detail.get("paths") or {}
+        text = (paths.get("summary") or {}).get("text") if isinstance(paths, dict) else None
+        if not text or not paths.get("regions") or self._path_texts.get(outage.id) == text:
+            return None
+        self._path_texts[outage.id] = text
+        return DemoEvent("outage_paths", f"outage {_label(outage)}: {text}",
+                         {**_outage_fields(outage), "paths": text})
 
     def update(self, snapshot: FleetSnapshot) -> list[DemoEvent]:
         """The events between the previous snapshot and this one."""

@@ -228,9 +228,11 @@ def probe_config(probe: ProbePlan, targets: FaultyTargets,
     if probe.kind == "http":
         entry["target"] = targets.http_url(probe.name)
         entry["http"] = {"expect_status": ["2xx"]}
+        entry["trace"] = {"on_failure": True}  # a path trace when a failure is confirmed
     elif probe.kind == "tcp":
         entry["target"] = targets.tcp_address(probe.name)
         entry["tcp"] = {"expect": "ready"}
+        entry["trace"] = {"on_failure": True}
     elif probe.kind == "flow":
         if secrets_dir is None:
             raise LabError(f"flow probe {probe.name!r}: no folder for its secret file")

@@ -8,6 +8,7 @@ its /metrics is checked against the README's metric tables.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 
@@ -110,7 +111,7 @@ async def test_every_documented_metric_is_exported_with_its_labels(tmp_path):
   - {{name: web, service: shop, kind: http, target: "{web.url('/')}",
      http: {{tls: {{ca_file: "{ca.ca_file}"}}}}}}
   - {{name: checkout, service: shop, kind: http, target: "{web.url('/down')}",
-     http: {{tls: {{ca_file: "{ca.ca_file}"}}}}}}
+     http: {{tls: {{ca_file: "{ca.ca_file}"}}}}, trace: {{on_failure: true}}}}
   - {{name: edge, kind: tcp, target: "{edge.address}"}}
   - {{name: app-dns, kind: dns, target: app.test, dns: {{server: "{dns.address}"}}}}
   - {{name: ping, kind: icmp, target: 127.0.0.1, icmp: {{count: 2, spacing: 50ms}}}}
@@ -137,7 +138,12 @@ probes:{probes}""")))
                     o.probe for o in collector.classifier.open_outages()}, 20)
                 await wait_until(lambda: sum(
                     1 for _ in collector.classifier.samples()) == 16, 20)
-                _, _, text = await http_get(collector.http.url + "/metrics")
+                text = ""
+                for _ in range(100):  # the failure's path trace follows its confirmation
+                    _, _, text = await http_get(collector.http.url + "/metrics")
+                    if "probenet_path_hops{" in text:
+                        break
+                    await asyncio.sleep(0.1)
     finally:
         await grpc_server.stop(0)
 

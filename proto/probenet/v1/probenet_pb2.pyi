@@ -471,6 +471,7 @@ class ProbeResult(_message.Message):
     TLS_FIELD_NUMBER: _builtins.int
     GRPC_FIELD_NUMBER: _builtins.int
     FLOW_FIELD_NUMBER: _builtins.int
+    TRACE_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Per-agent sequence number within the Hello's epoch, strictly increasing, from 1."""
     probe: _builtins.str
@@ -518,6 +519,10 @@ class ProbeResult(_message.Message):
     def grpc(self) -> Global___GrpcDetails: ...
     @_builtins.property
     def flow(self) -> Global___FlowDetails: ...
+    @_builtins.property
+    def trace(self) -> Global___PathTrace:
+        """kind "trace": a path trace, not a probe result (see PathTrace)."""
+
     def __init__(
         self,
         *,
@@ -545,16 +550,110 @@ class ProbeResult(_message.Message):
         tls: Global___TlsDetails | None = ...,
         grpc: Global___GrpcDetails | None = ...,
         flow: Global___FlowDetails | None = ...,
+        trace: Global___PathTrace | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "dns", b"dns", "flow", b"flow", "grpc", b"grpc", "http", b"http", "icmp", b"icmp", "tls", b"tls"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "dns", b"dns", "flow", b"flow", "grpc", b"grpc", "http", b"http", "icmp", b"icmp", "tls", b"tls", "trace", b"trace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "confirmed", b"confirmed", "details", b"details", "dns", b"dns", "duration_seconds", b"duration_seconds", "error", b"error", "failed_phase", b"failed_phase", "flow", b"flow", "grpc", b"grpc", "http", b"http", "icmp", b"icmp", "interval_ms", b"interval_ms", "kind", b"kind", "phases", b"phases", "probe", b"probe", "reason", b"reason", "seq", b"seq", "service", b"service", "status_code", b"status_code", "step", b"step", "success", b"success", "target", b"target", "timeout_phase", b"timeout_phase", "timestamp_ms", b"timestamp_ms", "tls", b"tls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "confirmed", b"confirmed", "details", b"details", "dns", b"dns", "duration_seconds", b"duration_seconds", "error", b"error", "failed_phase", b"failed_phase", "flow", b"flow", "grpc", b"grpc", "http", b"http", "icmp", b"icmp", "interval_ms", b"interval_ms", "kind", b"kind", "phases", b"phases", "probe", b"probe", "reason", b"reason", "seq", b"seq", "service", b"service", "status_code", b"status_code", "step", b"step", "success", b"success", "target", b"target", "timeout_phase", b"timeout_phase", "timestamp_ms", b"timestamp_ms", "tls", b"tls", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_details: _TypeAlias = _typing.Literal["http", "dns", "icmp", "tls", "grpc", "flow"]  # noqa: Y015
+    _WhichOneofReturnType_details: _TypeAlias = _typing.Literal["http", "dns", "icmp", "tls", "grpc", "flow", "trace"]  # noqa: Y015
     _WhichOneofArgType_details: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_details) -> _WhichOneofReturnType_details | None: ...
 
 Global___ProbeResult: _TypeAlias = ProbeResult  # noqa: Y015
+
+@_typing.final
+class PathTrace(_message.Message):
+    """A path trace towards a probe's target (DESIGN.md "Path traces"). It travels as a
+    ProbeResult of kind "trace" with its own sequence number, so it is spooled, resent and
+    acknowledged exactly like results; `probe` and `target` name the traced probe, `address`
+    the address traced, `success` says whether the destination answered, `error` why no trace
+    could be taken (nothing to resolve, no privilege...). The collector never classifies it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    MAX_HOPS_FIELD_NUMBER: _builtins.int
+    PROBES_PER_HOP_FIELD_NUMBER: _builtins.int
+    HOPS_FIELD_NUMBER: _builtins.int
+    REACHED_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
+    trigger: _builtins.str
+    """"failure" (taken when the probe's failure was confirmed) or "baseline" (on schedule)."""
+    method: _builtins.str
+    """"udp" (unprivileged, IP_RECVERR like tracepath), "icmp" (datagram or raw socket)."""
+    max_hops: _builtins.int
+    probes_per_hop: _builtins.int
+    """Probes sent per hop."""
+    reached: _builtins.bool
+    """The destination itself answered (port unreachable / echo reply)."""
+    stop_reason: _builtins.str
+    """Why the trace stopped early, e.g. "max_hops", "deadline", "loop", "unreachable"."""
+    @_builtins.property
+    def hops(self) -> _containers.RepeatedCompositeFieldContainer[Global___TraceHop]:
+        """The hops in TTL order, from 1 to the destination or the last one tried."""
+
+    def __init__(
+        self,
+        *,
+        trigger: _builtins.str = ...,
+        method: _builtins.str = ...,
+        max_hops: _builtins.int = ...,
+        probes_per_hop: _builtins.int = ...,
+        hops: _abc.Iterable[Global___TraceHop] | None = ...,
+        reached: _builtins.bool = ...,
+        stop_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hops", b"hops", "max_hops", b"max_hops", "method", b"method", "probes_per_hop", b"probes_per_hop", "reached", b"reached", "stop_reason", b"stop_reason", "trigger", b"trigger"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PathTrace: _TypeAlias = PathTrace  # noqa: Y015
+
+@_typing.final
+class TraceHop(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTL_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    RTT_SECONDS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ttl: _builtins.int
+    address: _builtins.str
+    """The address that answered at this TTL ("" when none did: `* * *`)."""
+    sent: _builtins.int
+    received: _builtins.int
+    error: _builtins.str
+    """An ICMP error other than time-exceeded, e.g. "net_unreachable", "host_unreachable",
+    "admin_prohibited" ("" otherwise).
+    """
+    @_builtins.property
+    def rtt_seconds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Round-trip times of the replies, seconds."""
+
+    def __init__(
+        self,
+        *,
+        ttl: _builtins.int = ...,
+        address: _builtins.str = ...,
+        sent: _builtins.int = ...,
+        received: _builtins.int = ...,
+        rtt_seconds: _abc.Iterable[_builtins.float] | None = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "error", b"error", "received", b"received", "rtt_seconds", b"rtt_seconds", "sent", b"sent", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TraceHop: _TypeAlias = TraceHop  # noqa: Y015
 
 @_typing.final
 class TlsFacts(_message.Message):
