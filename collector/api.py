@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
@@ -27,6 +26,7 @@ from .exposition import ExpositionFormat, gzip_chunks
 from .journal import Journal
 from .maintenance_api import add_maintenance_routes
 from .model import AgentConfigView, AgentView, OutageRecord
+from .query import BadQueryError, json_error, parse_bool, parse_count
 from .uptime_api import UptimeApi
 
 if TYPE_CHECKING:
@@ -65,57 +65,14 @@ _INDEX = """<!doctype html>
 """
 
 
-class BadQueryError(ValueError):
-    """A query parameter has a value the API does not accept."""
-
-    def __init__(self, parameter: str, message: str) -> None:
-        """`parameter` is named in the 400 answer."""
-        super().__init__(message)
-        self.parameter = parameter
-
-
-# A parameter's value is quoted in a 400 answer up to this many characters.
-_QUOTED_VALUE_CHARS = 40
-# `limit`: ASCII digits only, at most as many as MAX_LIMIT has. `str.isdigit` and `int()` take
-# other digits too ("²" is a digit `int` refuses; "١٢" one it accepts), and `int()` of a
-# long enough string raises ValueError: the pattern decides alone.
-_LIMIT_PATTERN = re.compile(rf"[0-9]{{1,{len(str(MAX_LIMIT))}}}")
-
-
-def _quoted(value: str) -> str:
-    """`value` as quoted in a 400 answer: repr'd, cut to a bounded length."""
-    if len(value) > _QUOTED_VALUE_CHARS:
-        return f"{value[:_QUOTED_VALUE_CHARS]!r}... ({len(value)} characters)"
-    return repr(value)
-
-
 def _parse_active(value: str | None) -> bool | None:
     """`?active=`: true/1 or false/0 (any case); absent: None (all records)."""
-    if value is None:
-        return None
-    lowered = value.lower()
-    if lowered in {"true", "1"}:
-        return True
-    if lowered in {"false", "0"}:
-        return False
-    raise BadQueryError("active", f"active must be true or false, not {_quoted(value)}")
+    return parse_bool("active", value)
 
 
 def _parse_limit(value: str | None) -> int:
     """`?limit=`: an integer from 1 to MAX_LIMIT in ASCII digits; absent: DEFAULT_LIMIT."""
-    if value is None:
-        return DEFAULT_LIMIT
-    if _LIMIT_PATTERN.fullmatch(value) is None or not 1 <= int(value) <= MAX_LIMIT:
-        raise BadQueryError("limit", f"limit must be an integer from 1 to {MAX_LIMIT}, "
-                                     f"not {_quoted(value)}")
-    return int(value)
-
-
-def _json_error(status: int, parameter: str | None, message: str) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if parameter is not None:
-        body["parameter"] = parameter
-    return web.json_response(body, status=status)
+    return parse_count("limit", value, default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
 
 
 class _JsonItem(Protocol):
@@ -330,7 +287,7 @@ class HttpApi:
             active = _parse_active(request.query.get("active"))
             limit = _parse_limit(request.query.get("limit"))
         except BadQueryError as exc:
-            return _json_error(400, exc.parameter, str(exc))
+            return json_error(400, exc.parameter, str(exc))
         open_records = self._classifier.open_outages() if active is not False else []
         if active is True:
             records = sorted(open_records, key=lambda r: (-r.started_at, r.id))[:limit]
@@ -340,7 +297,7 @@ class HttpApi:
                     _read_outages, self._journal.path, open_records, limit)
             except JournalError as exc:
                 log.warning("journal read failed", extra={"error": str(exc)})
-                return _json_error(503, None, "the outage journal cannot be read")
+                return json_error(503, None, "the outage journal cannot be read")
         return await _stream_json_list(request, records)
 
     async def _agents(self, request: web.Request) -> web.StreamResponse:

@@ -38,6 +38,7 @@ from .maintenance import (
     UnknownWindowError,
     parse_window_json,
 )
+from .query import BadQueryError, json_error, parse_bool
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -81,15 +82,10 @@ class MaintenanceRoutes:
 
     async def _list(self, request: web.Request) -> web.Response:
         store = self._store
-        value = request.query.get("active")
-        active: bool | None = None
-        if value is not None:
-            lowered = value.lower()
-            if lowered not in {"true", "1", "false", "0"}:
-                return web.json_response(
-                    {"error": f"active must be true or false, not {value[:40]!r}",
-                     "parameter": "active"}, status=400)
-            active = lowered in {"true", "1"}
+        try:
+            active = parse_bool("active", request.query.get("active"))
+        except BadQueryError as exc:
+            return json_error(400, exc.parameter, str(exc))
         now = store.clock()
         windows = store.windows()
         if active is not None:

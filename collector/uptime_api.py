@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from .errors import JournalError
 from .history import has_probe, read_history, service_probes
 from .journal import Journal
 from .model import OutageEvent, OutageRecord, rfc3339
+from .query import BadQueryError, json_error, parse_count, quoted
 from .traces import outage_paths
 from .uptime import MAX_DAYS, UptimeReport, compute_uptime, report_range
 
@@ -36,9 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_DAYS = 30
-_DAYS_PATTERN = re.compile(rf"[0-9]{{1,{len(str(MAX_DAYS))}}}")
 _MAX_NAME_CHARS = 256
-_QUOTED_VALUE_CHARS = 40
 
 
 class UnknownSubjectError(LookupError):
@@ -51,43 +49,23 @@ class UnknownSubjectError(LookupError):
         self.name = name
 
 
-class UptimeQueryError(ValueError):
-    """A query parameter of /api/v1/uptime is missing or has a value it does not accept."""
-
-    def __init__(self, parameter: str, message: str) -> None:
-        """`parameter` is named in the 400 answer."""
-        super().__init__(message)
-        self.parameter = parameter
-
-
-def _quoted(value: str) -> str:
-    if len(value) > _QUOTED_VALUE_CHARS:
-        return f"{value[:_QUOTED_VALUE_CHARS]!r}... ({len(value)} characters)"
-    return repr(value)
-
-
 def parse_days(value: str | None) -> int:
     """`days`: an integer from 1 to MAX_DAYS in ASCII digits; absent: DEFAULT_DAYS."""
-    if value is None:
-        return DEFAULT_DAYS
-    if _DAYS_PATTERN.fullmatch(value) is None or not 1 <= int(value) <= MAX_DAYS:
-        raise UptimeQueryError("days", f"days must be an integer from 1 to {MAX_DAYS}, "
-                                       f"not {_quoted(value)}")
-    return int(value)
+    return parse_count("days", value, default=DEFAULT_DAYS, maximum=MAX_DAYS)
 
 
 def parse_subject(probe: str | None, service: str | None) -> tuple[str | None, str | None]:
     """Exactly one of `probe` and `service`, non-blank and of a sane length."""
     if probe is not None and service is not None:
-        raise UptimeQueryError("service", "give either probe or service, not both")
+        raise BadQueryError("service", "give either probe or service, not both")
     if probe is None and service is None:
-        raise UptimeQueryError("probe", "probe (or service) is required")
+        raise BadQueryError("probe", "probe (or service) is required")
     parameter, value = ("probe", probe) if probe is not None else ("service", service)
     assert value is not None
     if not value.strip() or len(value) > _MAX_NAME_CHARS or not value.isprintable():
-        raise UptimeQueryError(parameter, f"{parameter} must be a name of 1 to "
+        raise BadQueryError(parameter, f"{parameter} must be a name of 1 to "
                                           f"{_MAX_NAME_CHARS} printable characters, "
-                                          f"not {_quoted(value)}")
+                                          f"not {quoted(value)}")
     return probe, service
 
 
@@ -230,13 +208,6 @@ async def outage_detail(journal_path: str, outage_id: str,
 # -- the HTTP handlers -------------------------------------------------------------------
 
 
-def _json_error(status: int, parameter: str | None, message: str) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if parameter is not None:
-        body["parameter"] = parameter
-    return web.json_response(body, status=status)
-
-
 class UptimeApi:
     """The handlers, bound to the collector's classifier and journal."""
 
@@ -258,8 +229,8 @@ class UptimeApi:
         try:
             probe, service = parse_subject(query.get("probe"), query.get("service"))
             days = parse_days(query.get("days"))
-        except UptimeQueryError as exc:
-            return _json_error(400, exc.parameter, str(exc))
+        except BadQueryError as exc:
+            return json_error(400, exc.parameter, str(exc))
         if probe is not None:
             live = [probe] if self._classifier.target(probe) is not None else []
         else:
@@ -270,10 +241,10 @@ class UptimeApi:
                                          days=days, now=self._clock(),
                                          live_run=self._journal.run_id, live_probes=live)
         except UnknownSubjectError as exc:
-            return _json_error(404, exc.parameter, str(exc))
+            return json_error(404, exc.parameter, str(exc))
         except JournalError as exc:
             log.warning("journal read failed", extra={"error": str(exc)})
-            return _json_error(503, None, "the outage journal cannot be read")
+            return json_error(503, None, "the outage journal cannot be read")
         return web.json_response(report.to_json())
 
     async def outage(self, request: web.Request) -> web.Response:
@@ -284,7 +255,7 @@ class UptimeApi:
                                          self._classifier.open_outages())
         except JournalError as exc:
             log.warning("journal read failed", extra={"error": str(exc)})
-            return _json_error(503, None, "the outage journal cannot be read")
+            return json_error(503, None, "the outage journal cannot be read")
         if detail is None:
-            return _json_error(404, "id", f"no outage {_quoted(outage_id)}")
+            return json_error(404, "id", f"no outage {quoted(outage_id)}")
         return web.json_response(detail)

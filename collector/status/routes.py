@@ -172,6 +172,7 @@ class StatusPage:
         self._uptime_at: float | None = None
         # The shown probes' states when the cached bars were read: a change refreshes them.
         self._uptime_states: frozenset[tuple[str, str]] = frozenset()
+        self._seen_states: frozenset[tuple[str, str]] = frozenset()
         # After a refresh a state change started, one more once the change is surely
         # journaled (the group commit may not have written it when the first one read).
         self._uptime_recheck_at: float | None = None
@@ -214,8 +215,12 @@ class StatusPage:
         classifier = self._classifier
         windows = [w.to_json(now) for w in self._maintenance.windows()] \
             if self._maintenance is not None else []
+        targets = classifier.targets()
+        # The shown probes' states, for the uptime cache (no second snapshot per request).
+        self._seen_states = frozenset((t.probe, str(t.state)) for t in targets
+                                      if self.settings.shows_service(t.service))
         inputs = StatusInputs(
-            targets=classifier.targets(), outages=classifier.open_outages(),
+            targets=targets, outages=classifier.open_outages(),
             agents=self._agent_views(), isolated_regions=classifier.isolated_regions(),
             monitoring_degraded=classifier.monitoring_degraded, now=now,
             maintenance=windows, uptime=self._uptime)
@@ -229,7 +234,8 @@ class StatusPage:
         targets = [t for t in self._classifier.targets()
                    if self.settings.shows_service(t.service)]
         probes = [t.probe for t in targets]
-        self._uptime_states = frozenset((t.probe, str(t.state)) for t in targets)
+        self._uptime_states = self._seen_states = frozenset(
+            (t.probe, str(t.state)) for t in targets)
         now = self._clock()
         try:
             reports = await source(self._journal_path, probes, UPTIME_DAYS, now)
@@ -242,16 +248,14 @@ class StatusPage:
             self._uptime_at = now
         self._uptime = {probe: report.to_json() for probe, report in reports.items()}
 
-    def _shown_states(self) -> frozenset[tuple[str, str]]:
-        return frozenset((t.probe, str(t.state)) for t in self._classifier.targets()
-                         if self.settings.shows_service(t.service))
-
     async def _ensure_uptime(self, *, wait: bool) -> None:
         """Start a refresh when the cache is old; with `wait`, wait for a first one."""
         if self._uptime_source is None:
             return
         now = self._clock()
-        changed = self._uptime_at is not None and self._shown_states() != self._uptime_states
+        # Compared with the states the previous answer showed: a change refreshes the bars
+        # from the next poll on.
+        changed = self._uptime_at is not None and self._seen_states != self._uptime_states
         recheck = self._uptime_recheck_at is not None and now >= self._uptime_recheck_at
         stale = self._uptime_at is None or changed or recheck or \
             now - self._uptime_at >= self._uptime_refresh_s

@@ -70,7 +70,8 @@ class TestAgent:
                  labels: dict[str, str] | None = None,
                  credentials: grpc.ChannelCredentials | None = None,
                  options: Sequence[tuple[str, Any]] = (),
-                 next_seq: int = 1) -> None:
+                 next_seq: int = 1, remote_config: bool = False,
+                 config_version: str = "") -> None:
         """Connect on enter; `epoch` defaults to now in unix nanoseconds."""
         self.address = address
         self.agent_id = agent_id
@@ -83,6 +84,8 @@ class TestAgent:
         self.credentials = credentials
         self.options = list(options)
         self.next_seq = next_seq
+        self.remote_config = remote_config
+        self.config_version = config_version
         self.welcome: pb.Welcome | None = None
         self._channel: grpc.aio.Channel | None = None
         self._call: Any = None
@@ -102,7 +105,8 @@ class TestAgent:
         await self.write(pb.AgentMessage(hello=pb.Hello(
             agent_id=self.agent_id, region=self.region, labels=self.labels,
             version="test", epoch=self.epoch, interval_ms=self.interval_ms,
-            probe_count=self.probe_count)))
+            probe_count=self.probe_count, remote_config=self.remote_config,
+            config_version=self.config_version)))
         try:
             message = await self.read()
         except BaseException:

@@ -13,68 +13,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 import grpc
 
 from probenet.v1 import probenet_pb2 as pb
-from support.collector_client import DEADLINE_S, METHOD, StreamEndedError
+from support.collector_client import DEADLINE_S, StreamEndedError, TestAgent
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-class ConfigAgent:
+class ConfigAgent(TestAgent):
     """One agent stream that says `remote_config` (or not) and collects what is pushed."""
 
     def __init__(self, address: str, agent_id: str, region: str, *,
                  labels: dict[str, str] | None = None, remote_config: bool = True,
                  config_version: str = "", token: str | None = None) -> None:
         """Connect on enter."""
-        self.address = address
-        self.agent_id = agent_id
-        self.region = region
-        self.labels = labels or {}
-        self.remote_config = remote_config
-        self.config_version = config_version
-        self.token = token
-        self.welcome: pb.Welcome | None = None
+        super().__init__(address, agent_id, region, token=token, interval_ms=1000,
+                         labels=labels, remote_config=remote_config,
+                         config_version=config_version)
         self.ended: StreamEndedError | None = None
-        self._channel: grpc.aio.Channel | None = None
-        self._call: Any = None
         self._messages: asyncio.Queue[pb.CollectorMessage | None] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
-        """Open the stream, say Hello, wait for Welcome."""
-        self._channel = grpc.aio.insecure_channel(self.address)
-        stream = self._channel.stream_stream(
-            METHOD, request_serializer=pb.AgentMessage.SerializeToString,
-            response_deserializer=pb.CollectorMessage.FromString)
-        metadata = (("authorization", f"Bearer {self.token}"),) if self.token else ()
-        self._call = stream(metadata=metadata)
+        """Open the stream, say Hello, wait for Welcome; then file every message."""
+        await super().__aenter__()
         self._reader = asyncio.create_task(self._read_all(), name=f"read:{self.agent_id}")
-        await self.write(pb.AgentMessage(hello=pb.Hello(
-            agent_id=self.agent_id, region=self.region, labels=self.labels, version="test",
-            epoch=time.time_ns(), interval_ms=1000, remote_config=self.remote_config,
-            config_version=self.config_version)))
-        message = await self.next_message()
-        if message.WhichOneof("body") != "welcome":
-            await self.close()
-            raise AssertionError(f"expected Welcome, got {message}")
-        self.welcome = message.welcome
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        """Close the stream."""
-        await self.close()
 
     async def close(self) -> None:
         """Drop the channel and the reader (idempotent)."""
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            await channel.close(grace=None)
+        await super().close()
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.cancel()
@@ -91,11 +63,6 @@ class ConfigAgent:
         except grpc.aio.AioRpcError as exc:
             self.ended = StreamEndedError(exc.code(), exc.details())
         await self._messages.put(None)
-
-    async def write(self, message: pb.AgentMessage) -> None:
-        """Send one message (bounded wait)."""
-        async with asyncio.timeout(DEADLINE_S):
-            await self._call.write(message)
 
     async def next_message(self, timeout_s: float = DEADLINE_S) -> pb.CollectorMessage:
         """The next collector message; StreamEndedError once the stream has ended."""
