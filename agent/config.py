@@ -5,8 +5,9 @@ Shape (DESIGN.md "Configuration"); every key below is optional unless marked req
     agent: {id (required), region (required), labels, source_address}
     collectors:                          # required, one or more
       - {address (required, host:port), token_file, connect_timeout, keepalive: 20s,
-         keepalive_timeout: 10s,
+         keepalive_timeout: 10s, shard,
          tls: {ca_file, cert_file, key_file, server_name, insecure_skip_verify}}
+    shards: 2                            # optional: the number of shards (default: see below)
     defaults: {interval: 30s, timeout: 5s, confirm_delay}
     scheduler: {max_concurrent: 512, grace_period: 5s}
     stream: {max_batch_results: 500, linger: 50ms, backoff_initial: 200ms, backoff_max: 10s}
@@ -18,6 +19,15 @@ Shape (DESIGN.md "Configuration"); every key below is optional unless marked req
          confirm_delay, all_addresses, labels, <kind>: {kind's own options},
          trace: {on_failure: false, every, max_hops: 30, probes_per_hop: 3,
                  hop_timeout: 1s, method: udp|icmp, min_gap: 60s}}  # not for flow
+
+Sharding by probe (DESIGN.md "Scale beyond one machine"): without any `shard`, every result
+goes to every collector (HA). When one collector sets `shard` (0 .. shards-1), every one must:
+a probe's results (and its path traces) then go only to the collectors of shard
+`probenet.sharding.shard_of(probe name, shards)` (Prometheus' hashmod), and two collectors of
+one shard are an HA pair. `shards` defaults to the highest `shard` + 1; every shard needs at
+least one collector, and `shards` without any `shard` is an error. Hellos and ConfigStatus
+go to every collector. With `remote_config`, every collector group is assumed to push the
+same fleet file: the agent runs the latest set as without shards.
 
 Effective values: a probe's `interval`, `timeout` and `confirm_delay` are resolved from
 `defaults` when the probe does not set them, so `ProbeSpec.interval` etc. are always plain
@@ -70,6 +80,7 @@ from probenet.configfile import (
 )
 from probenet.kinds import PROBE_KINDS, ProbeKind
 from probenet.names import MAX_LABEL_LENGTH
+from probenet.sharding import MAX_SHARDS
 
 from .jsonpath import JsonPath
 from .templates import Template, check_variable_name
@@ -294,6 +305,8 @@ class CollectorTarget(_PathModel):
     # partition, a vanished NAT entry) is found within their sum instead of never.
     keepalive: KeepaliveInterval = 20.0
     keepalive_timeout: PositiveDuration = 10.0
+    # The collector group (shard) this collector belongs to; None: every result comes here.
+    shard: int | None = Field(default=None, ge=0, lt=MAX_SHARDS)
 
 
 # --------------------------------------------------------------------------- probe options
@@ -902,6 +915,8 @@ class AgentConfig(FrozenModel):
     # Run the probe sets collectors push (agent/remote.py) besides `probes`.
     remote_config: bool = False
     probes: list[ProbeSpec] = Field(default_factory=list)
+    # The number of shards the collectors' `shard` count from (default: highest + 1).
+    shards: int | None = Field(default=None, ge=1, le=MAX_SHARDS)
 
     @field_validator("collectors")
     @classmethod
@@ -919,6 +934,14 @@ class AgentConfig(FrozenModel):
     def shortest_interval(self) -> float:
         """The shortest probe interval (defaults.interval without probes), seconds."""
         return min((p.interval for p in self.probes), default=self.defaults.interval)
+
+    @property
+    def shard_count(self) -> int | None:
+        """The number of shards results are split into; None: not sharded."""
+        shards = [c.shard for c in self.collectors if c.shard is not None]
+        if not shards:
+            return None
+        return self.shards if self.shards is not None else max(shards) + 1
 
 
 # --------------------------------------------------------------------------- cross checks
@@ -964,6 +987,35 @@ def _backoff_order(config: AgentConfig) -> list[tuple[Path_, str]]:
         return [(("stream", "backoff_initial"),
                  "backoff_initial must not be longer than backoff_max")]
     return []
+
+
+def _shard_assignment(config: AgentConfig) -> list[tuple[Path_, str]]:
+    """All collectors sharded or none; every shard in range and served by a collector."""
+    collectors = config.collectors
+    if all(c.shard is None for c in collectors):
+        if config.shards is not None:
+            return [(("shards",), ("shards is set but no collector has a shard: give each "
+                                   "collector its shard (0 .. shards-1), or remove shards"))]
+        return []
+    found: list[tuple[Path_, str]] = []
+    shards = config.shard_count
+    assert shards is not None
+    for index, collector in enumerate(collectors):
+        if collector.shard is None:
+            found.append((("collectors", index, "shard"), (
+                f"collectors[{index}] ({collector.address}) has no shard: when one collector "
+                "sets shard, every one must")))
+        elif collector.shard >= shards:
+            found.append((("collectors", index, "shard"), (
+                f"collectors[{index}] ({collector.address}): shard {collector.shard} is out "
+                f"of range: shards is {shards}, so shard must be 0 .. {shards - 1}")))
+    served = {c.shard for c in collectors}
+    missing = [shard for shard in range(shards) if shard not in served]
+    if missing:
+        where: Path_ = ("shards",) if config.shards is not None else ("collectors",)
+        found.extend((where, (f"shard {shard} has no collector (shards: {shards}): every "
+                              f"shard 0 .. {shards - 1} needs at least one")) for shard in missing)
+    return found
 
 
 def _probe_kind_limits(config: AgentConfig) -> list[tuple[Path_, str]]:
@@ -1119,7 +1171,8 @@ def secret_problem(source: SecretSource) -> str | None:
 PROBE_CHECKS: tuple[CrossCheck, ...] = (_timeout_below_interval, _probe_kind_limits,
                                         _flow_references)
 CHECKS: tuple[CrossCheck, ...] = (_unique_names, _timeout_below_interval, _backoff_order,
-                                  _probe_kind_limits, _flow_references, flow_secret_problems)
+                                  _shard_assignment, _probe_kind_limits, _flow_references,
+                                  flow_secret_problems)
 
 
 def load_config(path: str | Path, *, checks: Sequence[CrossCheck] = ()) -> AgentConfig:

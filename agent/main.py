@@ -14,6 +14,14 @@ Remote configuration (`remote_config: true`, agent/remote.py): the probe set a c
 pushes is merged with the local `probes:` and applied like a SIGHUP reload (unchanged
 probes keep their schedule); a SIGHUP keeps the pushed set merged. The running set is kept
 in the state folder and run again at the next start, before any collector answers.
+
+Sharding by probe (`shard` in the collector entries, agent/config.py): each collector's spool
+takes only the results (and path traces) of its shard's probes, so a shard whose collectors
+are down holds back no other shard, and its own results wait in its spools (and the state
+file). Hellos and ConfigStatus go to every collector; a collector's Hello counts the probes
+of its shard, and its interval is the shortest of theirs. Pushed probe sets are applied as
+without shards: every collector group is assumed to push the same fleet file, and results
+still go by shard.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import gc
 import logging
 import os
@@ -62,7 +71,7 @@ from .remote import (
 )
 from .results import ResultFanout
 from .scheduler import Scheduler
-from .spool import Spool
+from .spool import ProbeShards, Spool
 from .state import DurableSpools, StateFile, state_path
 from .stream import CollectorStream
 from .tracing import Tracer
@@ -74,7 +83,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_RESTART_SECTIONS = ("agent", "collectors", "buffer", "stream", "metrics", "remote_config")
+_RESTART_SECTIONS = ("agent", "collectors", "shards", "buffer", "stream", "metrics",
+                     "remote_config")
 
 
 def preflight(config: AgentConfig) -> list[str]:
@@ -116,7 +126,10 @@ class Agent:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.epoch = epoch if epoch is not None else time.time_ns()
         self.counters = ProbeCounters(self.registry)
-        self.spools = [Spool(config.buffer.max_results) for _ in config.collectors]
+        shards = config.shard_count
+        self.probe_shards = ProbeShards(shards) if shards is not None else None
+        self.spools = [Spool(config.buffer.max_results, takes=self._takes(c.shard))
+                       for c in config.collectors]
         self.durable: DurableSpools | None = None
         if state_dir is not None and config.buffer.disk:
             buffer = config.buffer
@@ -129,8 +142,8 @@ class Agent:
         if self.durable is not None:
             self.registry.register(StateFileCollector(self.durable))
         self.streams = [
-            CollectorStream(target, spool, hello=self.hello, settings=config.stream,
-                            probe_configs=self)
+            CollectorStream(target, spool, hello=functools.partial(self.hello, target.shard),
+                            settings=config.stream, probe_configs=self)
             for target, spool in zip(config.collectors, self.spools, strict=True)]
         self.scheduler = Scheduler(
             config.probes, sink=self._publish, source_address=config.agent.source_address,
@@ -163,14 +176,32 @@ class Agent:
         self._stack: contextlib.AsyncExitStack | None = None
         self._lifecycle = EnterOnce("Agent", LifecycleError)
 
-    def hello(self) -> pb.Hello:
-        """The Hello sent at every connect (reflects the current config)."""
+    def _takes(self, shard: int | None) -> Callable[[pb.ProbeResult], bool] | None:
+        """Which results the spool of a collector of `shard` holds (None: every one)."""
+        if self.probe_shards is None or shard is None:
+            return None
+        return self.probe_shards.taker(shard)
+
+    def shard_probes(self, shard: int | None) -> list[ProbeSpec]:
+        """The running probes whose results go to the collectors of `shard` (None: all)."""
+        probes = self.config.probes
+        if self.probe_shards is None or shard is None:
+            return list(probes)
+        return [p for p in probes if self.probe_shards.of(p.name) == shard]
+
+    def hello(self, shard: int | None = None) -> pb.Hello:
+        """The Hello sent at every connect to a collector of `shard` (the current config).
+
+        It counts the probes whose results that collector receives, and gives the shortest
+        interval among them (`defaults.interval` when it receives none).
+        """
         config = self.config
+        probes = self.shard_probes(shard)
+        interval = min((p.interval for p in probes), default=config.defaults.interval)
         return pb.Hello(
             agent_id=config.agent.id, region=config.agent.region,
             labels=dict(config.agent.labels), version=__version__, epoch=self.epoch,
-            interval_ms=max(1, round(config.shortest_interval() * 1000)),
-            probe_count=len(config.probes),
+            interval_ms=max(1, round(interval * 1000)), probe_count=len(probes),
             config_version=self.remote_version, remote_config=config.remote_config)
 
     # -- remote configuration (agent/remote.py) ---------------------------------------------

@@ -373,8 +373,7 @@ class Probenet(Rule):
 
     def __init__(self, shape: Shape, params: ClassificationParams | None = None) -> None:
         super().__init__(shape)
-        ids = itertools.count(1)
-        self.clf = Classifier(params or ClassificationParams(), new_id=lambda: f"o{next(ids)}")
+        self.clf = Classifier(params or ClassificationParams())
         self.agent_ids = [f"r{shape.region_of(a)}-a{a}" for a in range(shape.agents)]
         self._by_record: dict[str, Record] = {}
         self.side_records: list[tuple[str, str | None, float]] = []  # (kind, region, opened)

@@ -23,6 +23,7 @@ from probenet.lifecycle import EnterOnce
 
 from .errors import JournalError, LifecycleError, ServiceError
 from .exposition import ExpositionFormat, gzip_chunks
+from .fleetview_api import FleetView, LocalAnswer
 from .journal import Journal
 from .maintenance_api import add_maintenance_routes
 from .model import AgentConfigView, AgentView, OutageRecord
@@ -30,9 +31,12 @@ from .query import BadQueryError, json_error, parse_bool, parse_count
 from .uptime_api import UptimeApi
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Callable, Sequence
+    from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+
+    from prometheus_client import CollectorRegistry
 
     from .classify import Classifier
+    from .config import ShardingConfig
     from .exposition import MetricsPage
     from .maintenance import MaintenanceStore
     from .status.routes import StatusPage
@@ -199,11 +203,14 @@ class HttpApi:
                  registered_agents: Sequence[tuple[str, str]] = (),
                  maintenance: MaintenanceStore | None = None,
                  status: StatusPage | None = None,
-                 agent_config: Callable[[str], AgentConfigView] | None = None) -> None:
+                 agent_config: Callable[[str], AgentConfigView] | None = None,
+                 sharding: ShardingConfig | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
         """`page` renders /metrics; `ready` answers /readyz.
 
         `registered_agents` (id, region) list never-seen agents. `maintenance`: the windows
         /api/v1/maintenance serves (and, with its admin token, lets clients change).
+        `sharding` with peers serves /api/v1/fleet/* (its metrics on `registry`).
         """
         self._host, self._port = split_listen(address)
         self._classifier = classifier
@@ -215,6 +222,7 @@ class HttpApi:
         self._status = status  # the status page (/status...); `/` redirects to it
         # With a fleet file: each agent's remote-config fields (collector/fleet.py).
         self._agent_config = agent_config
+        self._fleet_view = FleetView.build(sharding, local=self.local_items, registry=registry)
         self._runner: web.AppRunner | None = None
         self._lifecycle = EnterOnce("HttpApi", LifecycleError)
         self.port = 0
@@ -239,6 +247,7 @@ class HttpApi:
         if self._maintenance is not None:
             add_maintenance_routes(app, self._maintenance, self._journal)
         UptimeApi(classifier=self._classifier, journal=self._journal).register(app)
+        self._fleet_view.register(app)
         return app
 
     async def __aenter__(self) -> Self:
@@ -284,23 +293,37 @@ class HttpApi:
 
     async def _outages(self, request: web.Request) -> web.StreamResponse:
         try:
-            active = _parse_active(request.query.get("active"))
-            limit = _parse_limit(request.query.get("limit"))
+            records = await self._outage_records(request.query)
         except BadQueryError as exc:
             return json_error(400, exc.parameter, str(exc))
-        open_records = self._classifier.open_outages() if active is not False else []
-        if active is True:
-            records = sorted(open_records, key=lambda r: (-r.started_at, r.id))[:limit]
-        else:
-            try:
-                records = await asyncio.to_thread(
-                    _read_outages, self._journal.path, open_records, limit)
-            except JournalError as exc:
-                log.warning("journal read failed", extra={"error": str(exc)})
-                return json_error(503, None, "the outage journal cannot be read")
+        except JournalError as exc:
+            log.warning("journal read failed", extra={"error": str(exc)})
+            return json_error(503, None, "the outage journal cannot be read")
         return await _stream_json_list(request, records)
 
+    async def _outage_records(self, query: Mapping[str, str]) -> list[OutageRecord]:
+        """/api/v1/outages' records for `query` (BadQueryError, JournalError)."""
+        active = _parse_active(query.get("active"))
+        limit = _parse_limit(query.get("limit"))
+        open_records = self._classifier.open_outages() if active is not False else []
+        if active is True:
+            return sorted(open_records, key=lambda r: (-r.started_at, r.id))[:limit]
+        return await asyncio.to_thread(_read_outages, self._journal.path, open_records, limit)
+
+    async def local_items(self, resource: str, query: Mapping[str, str]) -> LocalAnswer:
+        """The items /api/v1/{resource} answers for `query`: the fleet view's local part."""
+        if resource == "targets":
+            return LocalAnswer(self._classifier.targets())
+        if resource == "outages":
+            return LocalAnswer(await self._outage_records(query),
+                               limit=_parse_limit(query.get("limit")))
+        return LocalAnswer(self._agent_views())
+
     async def _agents(self, request: web.Request) -> web.StreamResponse:
+        return await _stream_json_list(request, self._agent_views())
+
+    def _agent_views(self) -> list[AgentView]:
+        """/api/v1/agents' entries: every agent seen, and the registered ones never seen."""
         views = {view.id: view for view in self._classifier.agents()}
         for agent_id, region in self._registered:
             if agent_id not in views:
@@ -310,7 +333,7 @@ class HttpApi:
         if self._agent_config is not None:
             ordered = [replace(v, config=self._agent_config(v.id)) for v in ordered]
         del views  # the list alone holds the views: they are freed as they are sent
-        return await _stream_json_list(request, ordered)
+        return ordered
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

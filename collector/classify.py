@@ -46,7 +46,7 @@ Points settled here (DESIGN.md and the lead's notes leave them open):
 
 from __future__ import annotations
 
-import uuid
+import hashlib
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -71,7 +71,7 @@ from .model import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
     from collections.abc import Set as AbstractSet
 
 
@@ -157,9 +157,28 @@ class PairSample:
     at: float
 
 
-def new_outage_id() -> str:
-    """Default id factory: a random, stable identifier."""
-    return uuid.uuid4().hex
+def outage_id(kind: OutageKind, subject: str, started_at: float) -> str:
+    """A record's id: 32 lowercase hex chars derived from what it is about and its start.
+
+    `subject` is the probe name (probe records), the service name (service), the region
+    (region_isolated) or "" (monitoring_degraded). Both collectors of an HA pair receive every
+    result, so they derive the same id for the same outage whenever they derive the same
+    start (see `Classifier`): MQTT consumers and API clients deduplicate across the pair on it.
+    """
+    started_ms = round(started_at * 1000)
+    return hashlib.sha256(f"{kind}\x00{subject}\x00{started_ms}".encode()).hexdigest()[:32]
+
+
+def _subject(record: OutageRecord) -> str:
+    """What `outage_id` names a record by, next to its kind."""
+    kind = record.kind
+    if kind is OutageKind.PROBE:
+        return record.probe or ""
+    if kind is OutageKind.SERVICE:
+        return record.service or ""
+    if kind is OutageKind.REGION_ISOLATED:
+        return record.region or ""
+    return ""
 
 
 def target_state(verdicts: Iterable[RegionVerdict], params: ClassificationParams) -> TargetState:
@@ -250,6 +269,7 @@ class _Agent:
         "counted",
         "first_result_at",
         "id",
+        "idle",
         "impaired",
         "interval_s",
         "labels",
@@ -265,6 +285,7 @@ class _Agent:
         "region",
         "stale",
         "suspect",
+        "trouble_ms",
     )
 
     def __init__(self, agent_id: str, region: str, labels: Mapping[str, str],
@@ -285,6 +306,10 @@ class _Agent:
         self.counted = True  # not stale and not impaired: its verdicts count
         self.last_seen: float | None = None  # last result (collector clock)
         self.last_heard = now  # last result, or the first hello: staleness counts from it
+        # Connected, told us it runs no probe whose results come here (Hello.probe_count 0: a
+        # sharded agent with no probe in this collector's shard), and sent none: nothing to
+        # expect, so silence is not staleness while the stream is up.
+        self.idle = False
         self.first_result_at: float | None = None
         self.next_scan = now  # next freshness scan of its pairs
         self.next_check = now  # next impairment evidence scan (suspect or impaired)
@@ -295,6 +320,9 @@ class _Agent:
         # the earliest confirmed failure still waiting for a success after it (0: none).
         self.ok_ms = 0
         self.awaiting_ms = 0
+        # Agent clock (ms) of the result that first made it down on enough probes to be
+        # impaired (0: not so now): when its trouble began, on its own word (region_isolated).
+        self.trouble_ms = 0
 
     @property
     def health(self) -> AgentHealth:
@@ -605,17 +633,36 @@ class Classifier:
     once a second (staleness, impairment re-checks, flapping decay), `agent_disconnected`
     when a stream ends. After each call, `take_transitions()` returns what changed, in
     order: the collector journals those, then acknowledges and publishes them.
+
+    Outage ids (`outage_id`) are derived from (kind, subject, start), never drawn at random,
+    so that the collectors of an HA pair, each fed every result, name an outage alike:
+
+    - probe: started at the earliest failure (agent clock) of the failing streaks behind the
+      record when it opens. Deterministic when both collectors open on the same failures;
+      not when an agent's clock is off by more than `_CLOCK_TRUST_S` (the receipt time stands
+      in), when a maintenance window's end dates it (collector clock), or when one collector
+      opens before an earlier failure of another agent has reached it (a lagging stream).
+    - service: the earliest start of its probes' open records: deterministic with them.
+    - region_isolated: the latest of its agents' trouble onsets, each the agent-clock stamp
+      of the result that first made that agent down on enough probes to be impaired (its own
+      results decide it, not when other regions' evidence arrived). The collector clock
+      stands in when an onset is missing or out of `_CLOCK_TRUST_S`.
+    - monitoring_degraded: collector clock. Staleness is silence measured on each
+      collector's clock; no result dates it. Ids still agree when both open within the same
+      millisecond, which they should not be expected to.
+
+    A new record never reuses the id of the subject's previous one: its start is clamped to
+    no earlier than that record's end, then moved on by 1 ms while the id still matches.
+    Only the last record per (kind, subject) is remembered.
     """
 
-    def __init__(
-        self,
-        params: ClassificationParams,
-        *,
-        new_id: Callable[[], str] = new_outage_id,
-    ) -> None:
-        """`new_id` makes outage ids."""
+    def __init__(self, params: ClassificationParams) -> None:
+        """Classify with `params`."""
         self._params = params
-        self._new_id = new_id
+        # (kind, subject) -> (id, ended_at, start of the id in ms) of the subject's last
+        # resolved record; the id's start of each open record (by id) until it resolves.
+        self._last_records: dict[tuple[OutageKind, str], tuple[str, float, int]] = {}
+        self._id_starts_ms: dict[str, int] = {}
         self._agents: dict[str, _Agent] = {}
         self._agents_by_region: dict[str, list[_Agent]] = {}
         self._probes: dict[str, _Probe] = {}
@@ -749,21 +796,25 @@ class Classifier:
         return True
 
     def agent_connected(self, agent_id: str, region: str, labels: Mapping[str, str],
-                        interval_s: float, now: float) -> None:
+                        interval_s: float, now: float, *, expects_results: bool = True) -> None:
         """An agent's stream said hello (or said it again after a reconnect).
 
         A reconnect does not clear staleness (results do). An agent that comes back in
         another region takes its pairs along. `interval_s` <= 0 is taken as 1 s.
+        `expects_results` False (the Hello counts no probe for this collector): while its
+        stream is up and it has sent no result here, the agent is idle, never stale.
         """
         interval_s = interval_s if interval_s > 0 else 1.0
         agent = self._agents.get(agent_id)
         if agent is None:
             agent = self._agents[agent_id] = _Agent(agent_id, region, labels, interval_s, now)
+            agent.idle = not expects_results
             self._agents_by_region.setdefault(region, []).append(agent)
             self._reconcile_degraded(now)
             self._reconcile_isolation(region, now)
             return
         agent.connected = True
+        agent.idle = not expects_results
         agent.interval_s = interval_s
         agent.labels = dict(labels)
         agent.network = agent.labels.get("network") or f"agent:{agent_id}"
@@ -834,6 +885,9 @@ class Classifier:
         """Time passes: staleness, impairment re-checks, flapping decay, degraded state."""
         stale_after = self._params.stale_after_intervals
         for agent in list(self._agents.values()):
+            if agent.idle and agent.connected and not agent.pairs:
+                agent.last_heard = now
+                continue
             if not agent.stale and now - agent.last_heard >= stale_after * agent.interval_s:
                 self._mark_stale(agent, now)
         for agent in list(self._agents.values()):
@@ -1076,6 +1130,7 @@ class Classifier:
         if agent.stale:
             return
         fresh, down = agent.n_fresh, agent.n_down
+        self._note_trouble(agent, fresh, down)
         if agent.impaired:
             # An agent with no fresh verdict keeps its flag until it says otherwise.
             if fresh and (down < params.impaired_ratio * fresh or (
@@ -1093,6 +1148,20 @@ class Classifier:
             self._set_impaired(agent, impaired=True, now=now, skip=skip)
         elif not agent.suspect:
             self._set_suspect(agent, suspect=True, now=now, skip=skip)
+
+    def _note_trouble(self, agent: _Agent, fresh: int, down: int) -> None:
+        """Keep `trouble_ms`: set when the counts first qualify, cleared once they do not.
+
+        Only the agent's own results move its counts, so every collector of an HA pair dates
+        the onset alike. An impaired agent keeps it while it stays impaired.
+        """
+        params = self._params
+        if down >= params.impaired_min_probes and down >= params.impaired_ratio * fresh:
+            if not agent.trouble_ms:
+                # The latest stamp the agent sent so far: the result that crossed the line.
+                agent.trouble_ms = max((p.stamp_ms for p in agent.pairs.values()), default=0)
+        elif not agent.impaired or down < params.impaired_ratio * fresh:
+            agent.trouble_ms = 0
 
     def _seen_up(self, agent: _Agent, *, after_failure: bool) -> int:
         """How many of the agent's down probes another region sees up (up to the threshold).
@@ -1442,16 +1511,21 @@ class Classifier:
     def _open_probe_outage(self, probe: _Probe, now: float) -> None:
         """A record for the probe's outage, started at the earliest failure behind it."""
         counts: dict[_FailureKey, int] = {}
-        started = now
+        # Not capped at `now`: an agent clock a little ahead must not make the start (and so
+        # the id) depend on this collector's clock; the record shows it capped at detection.
+        started: float | None = None
         for pair in self._failing_pairs(probe):
             key = (phase_name(pair.fail_phase), pair.fail_reason or None, pair.fail_step or None)
             counts[key] = counts.get(key, 0) + 1
-            started = min(started, self._first_failure_s(pair))
+            first = self._first_failure_s(pair)
+            started = first if started is None else min(started, first)
         phase, reason, step = _most_seen(counts)
         # Failures during a maintenance window that just ended were maintenance.
-        started = max(started, min(probe.maintenance_ended_at, now))
+        started = max(now if started is None else started,
+                      min(probe.maintenance_ended_at, now))
+        record_id, started = self._identify(OutageKind.PROBE, probe.name, started)
         record = OutageRecord.probe_outage(
-            self._new_id(), probe.name, service=probe.service, scope=probe.outage_scope(),
+            record_id, probe.name, service=probe.service, scope=probe.outage_scope(),
             regions=probe.down_regions(), phase=phase, reason=reason, step=step,
             started_at=started, detected_at=now)
         probe.outage = _ProbeOutage(record, counts)
@@ -1521,11 +1595,12 @@ class Classifier:
             failures[key] = failures.get(key, 0) + 1
         phase, reason, step = _most_seen(failures)
         if side is None:
+            record_id, started = self._identify(OutageKind.SERVICE, service,
+                                                min(r.started_at for r in open_records))
             record = OutageRecord.service_outage(
-                self._new_id(), service, probes=members, scope=scope, regions=regions,
+                record_id, service, probes=members, scope=scope, regions=regions,
                 regions_ever={name for r in open_records for name in r.regions_ever},
-                phase=phase, reason=reason, step=step,
-                started_at=min(r.started_at for r in open_records), detected_at=now)
+                phase=phase, reason=reason, step=step, started_at=started, detected_at=now)
             self._services[service] = _SideRecord(record)
             self._emit_outage(OutageEvent.OPENED, record, now)
             return
@@ -1553,11 +1628,48 @@ class Classifier:
         window = self._params.stale_after_intervals * agent.interval_s
         return started is not None and not agent.stale and now - started >= window
 
+    def _isolation_start(self, region: str, now: float) -> float:
+        """When the region became isolated, as its agents' own results date it.
+
+        The latest trouble onset of its impaired agents (each an agent-clock stamp, see
+        `_Agent.trouble_ms`); `now` when one is missing or further than the clock trust.
+        """
+        members = [a for a in self._agents_by_region.get(region, ()) if a.impaired]
+        onsets = [a.trouble_ms for a in members]
+        if not onsets or not all(onsets):
+            return now
+        started = max(onsets) / 1000
+        trust = max(_CLOCK_TRUST_S,
+                    self._params.stale_after_intervals * max(a.interval_s for a in members))
+        return started if abs(started - now) <= trust else now
+
+    def _identify(self, kind: OutageKind, subject: str, started: float) -> tuple[str, float]:
+        """A new record's id and start (see the class docstring): never the last one's id.
+
+        The start is clamped to no earlier than the end of the subject's last record (an
+        outage cannot begin before the previous one of the same subject ended), then moved
+        on by 1 ms while it would still give that record's id. The id's start also moves
+        past the last id's start (when that is later than its end: an agent clock ahead), so
+        a subject's ids start later and later and none is ever taken twice in a run.
+        """
+        last = self._last_records.get((kind, subject))
+        if last is not None:
+            _, last_ended, last_started_ms = last
+            started = max(started, last_ended)
+            if round(started * 1000) <= last_started_ms:
+                started = (last_started_ms + 1) / 1000
+        record_id = outage_id(kind, subject, started)
+        self._id_starts_ms[record_id] = round(started * 1000)
+        return record_id, started
+
     def _reconcile_isolation(self, region: str, now: float) -> None:
         side = self._isolated.get(region)
         if self._isolation_holds(region):
             if side is None:
-                record = OutageRecord.region_isolated(self._new_id(), region, at=now)
+                record_id, started = self._identify(OutageKind.REGION_ISOLATED, region,
+                                                    self._isolation_start(region, now))
+                record = OutageRecord.region_isolated(record_id, region, at=now,
+                                                      started_at=started)
                 self._isolated[region] = _SideRecord(record)
                 self._emit_outage(OutageEvent.OPENED, record, now)
             else:
@@ -1580,7 +1692,9 @@ class Classifier:
         regions = tuple(sorted({a.region for a in troubled}))
         if holds:
             if side is None:
-                record = OutageRecord.monitoring_degraded(self._new_id(), regions, at=now)
+                # Collector clock: staleness is silence, which no result dates.
+                record_id, _ = self._identify(OutageKind.MONITORING_DEGRADED, "", now)
+                record = OutageRecord.monitoring_degraded(record_id, regions, at=now)
                 self._degraded = _SideRecord(record)
                 self._emit_outage(OutageEvent.OPENED, record, now)
                 return
@@ -1607,6 +1721,10 @@ class Classifier:
             self._reconcile_outage(self._probes[name], now, changed=False)
 
     def _emit_outage(self, event: OutageEvent, record: OutageRecord, now: float) -> None:
+        if event is OutageEvent.RESOLVED and record.ended_at is not None:
+            started_ms = self._id_starts_ms.pop(record.id, round(record.started_at * 1000))
+            self._last_records[(record.kind, _subject(record))] = (
+                record.id, record.ended_at, started_ms)
         self._transitions.append(OutageTransition(event, record, now))
 
     def _emit_view(self, probe: _Probe, now: float) -> None:

@@ -16,6 +16,7 @@
     api: {admin_token_file: tokens/admin}           # optional: enables the write API
     maintenance: [{probes, services, regions, start, end, reason}]   # planned windows
     fleet: {probes_file: fleet.yaml, watch_interval: 2s}   # optional: probes pushed to agents
+    sharding: {shard: 0, shards: 2, peers: [{shard: 1, urls: [...]}], timeout: 2s}  # optional
     tick: 1s
     shutdown_grace: 5s
 
@@ -55,6 +56,7 @@ from probenet.configfile import (
     resolve_path,
 )
 from probenet.names import MAX_LABEL_LENGTH
+from probenet.sharding import MAX_SHARDS
 
 from .maintenance import (
     MAX_NAMES,
@@ -491,6 +493,62 @@ class FleetConfig(FrozenModel):
     watch_interval: Annotated[Duration, AfterValidator(_positive)] = 2.0
 
 
+# URLs one peer group may list (the collectors of an HA pair or trio), and their length.
+MAX_PEER_URLS = 16
+MAX_PEER_URL_LENGTH = 2048
+# The longest `sharding.timeout`: a fleet view waits for it per peer URL it tries.
+MAX_PEER_TIMEOUT_S = 60.0
+
+
+def _peer_url(value: str) -> str:
+    if len(value) > MAX_PEER_URL_LENGTH:
+        raise ValueError(f"a peer URL is at most {MAX_PEER_URL_LENGTH} characters")
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"{value!r} is not an absolute http(s) URL like "
+                         "http://collector-b1:9464")
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{value!r} has an invalid port") from exc
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{value!r}: a peer URL has no query, fragment or credentials")
+    return value.rstrip("/")
+
+
+PeerUrl = Annotated[str, Field(strict=True), AfterValidator(_peer_url)]
+"""A peer collector's HTTP base URL (`http://collector-b1:9464`), without a trailing /."""
+
+
+class ShardPeer(FrozenModel):
+    """Another collector group: its shard and the URLs of its collectors, tried in order."""
+
+    shard: int = Field(strict=True, ge=0, lt=MAX_SHARDS)
+    urls: list[PeerUrl] = Field(min_length=1, max_length=MAX_PEER_URLS)
+
+
+class ShardingConfig(FrozenModel):
+    """Sharding by probe (probenet/sharding.py): this group's shard, and its peer groups.
+
+    With it, the ingest accepts only results of probes in `shard` of `shards`
+    (`wrong_shard` otherwise), and with `peers`, /api/v1/fleet/* merges every group's
+    answers (collector/fleetview_api.py). Both collectors of an HA pair have the same shard.
+    """
+
+    shard: int = Field(strict=True, ge=0, lt=MAX_SHARDS)
+    shards: int = Field(strict=True, ge=1, le=MAX_SHARDS)
+    peers: list[ShardPeer] = Field(default_factory=list, max_length=MAX_SHARDS)
+    # Per request to one peer URL (a group's URLs are tried in turn).
+    timeout: Duration = 2.0
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        if not 0 < value <= MAX_PEER_TIMEOUT_S:
+            raise ValueError(f"must be longer than 0s and at most {MAX_PEER_TIMEOUT_S:g}s")
+        return value
+
+
 class CollectorConfig(FrozenModel):
     """A whole collector config file."""
 
@@ -509,6 +567,7 @@ class CollectorConfig(FrozenModel):
     maintenance: list[MaintenanceEntry] = Field(default_factory=list)
     status_page: StatusPageConfig = Field(default_factory=StatusPageConfig)
     fleet: FleetConfig | None = None
+    sharding: ShardingConfig | None = None
     tick: Annotated[Duration, AfterValidator(_positive)] = 1.0
     shutdown_grace: Annotated[Duration, AfterValidator(_positive)] = 5.0
 
@@ -597,8 +656,40 @@ def _check_maintenance(config: CollectorConfig) -> list[tuple[Path_, str]]:
     return found
 
 
+def _check_sharding(config: CollectorConfig) -> list[tuple[Path_, str]]:
+    sharding = config.sharding
+    if sharding is None:
+        return []
+    found: list[tuple[Path_, str]] = []
+    if sharding.shard >= sharding.shards:
+        found.append((("sharding", "shard"),
+                      (f"sharding.shard {sharding.shard} is not below sharding.shards "
+                      f"{sharding.shards} (shards are numbered from 0)")))
+    seen_shards: dict[int, int] = {}
+    seen_urls: dict[str, int] = {}
+    for i, peer in enumerate(sharding.peers):
+        where: Path_ = ("sharding", "peers", i, "shard")
+        if peer.shard == sharding.shard:
+            found.append((where, (f"sharding.peers[{i}].shard {peer.shard} is this "
+                                 "collector's own shard (list only the other groups)")))
+        elif peer.shard >= sharding.shards:
+            found.append((where, (f"sharding.peers[{i}].shard {peer.shard} is not below "
+                                 f"sharding.shards {sharding.shards}")))
+        elif peer.shard in seen_shards:
+            found.append((where, (f"sharding.peers[{i}].shard {peer.shard} repeats "
+                                 f"sharding.peers[{seen_shards[peer.shard]}]")))
+        seen_shards.setdefault(peer.shard, i)
+        for j, url in enumerate(peer.urls):
+            if url in seen_urls:
+                found.append((("sharding", "peers", i, "urls", j),
+                              (f"{url} is listed twice (also in "
+                              f"sharding.peers[{seen_urls[url]}])")))
+            seen_urls.setdefault(url, i)
+    return found
+
+
 CHECKS = (_check_unique_agents, _check_exposure, _check_mqtt_tls, _check_maintenance,
-          _check_public_status_page)
+          _check_public_status_page, _check_sharding)
 
 
 def load_config(path: str | Path) -> CollectorConfig:
@@ -632,4 +723,6 @@ def config_summary(config: CollectorConfig) -> dict[str, Any]:
         "write_api": config.api is not None,
         "maintenance_windows": len(config.maintenance),
         "fleet": config.fleet.probes_file if config.fleet else None,
+        "shard": (f"{config.sharding.shard}/{config.sharding.shards}"
+                  if config.sharding else None),
     }

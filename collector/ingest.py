@@ -34,7 +34,9 @@ once per (agent, reason). Reasons:
 - result level (the result is dropped, acknowledged, and the stream goes on): `bad_seq`,
   `seq_order`, `seq_jump`, `bad_probe`, `bad_kind`, `bad_duration`, `bad_phase`, `field_too_long`,
   `result_too_large`, `too_many_probes`, `bad_timestamp`, `too_old`, `bad_interval`,
-  `too_many_steps`, `bad_flow`, `bad_trace`;
+  `too_many_steps`, `bad_flow`, `bad_trace`, `wrong_shard` (with `sharding`: a result or
+  path trace of a probe another collector group's shard holds, `shard_of(probe, shards)`
+  in probenet/sharding.py; an agent configured with other `shards` than this group);
 - config status level (the ConfigStatus is ignored, and the stream goes on):
   `bad_config_status` (a version that is not a sha256 hex, strings over their limits, more
   refused probes than `limits.max_probes_per_agent`).
@@ -137,11 +139,12 @@ from prometheus_client import Histogram
 
 from probenet.kinds import PROBE_KINDS
 from probenet.names import is_name, label_problem, name_problem
+from probenet.sharding import ShardCache
 from probenet.v1 import ingest_wire_pb2 as wire_pb
 from probenet.v1 import probenet_pb2 as pb
 from probenet.version import __version__
 
-from .config import AgentEntry, CollectorConfig, LimitsConfig, read_secret
+from .config import AgentEntry, CollectorConfig, LimitsConfig, ShardingConfig, read_secret
 from .details import DroppedValues
 from .errors import JournalError, StreamRejectedError
 from .model import PHASE_NAMES
@@ -189,7 +192,7 @@ REJECTION_REASONS = (
     "bad_seq", "seq_order", "seq_jump", "bad_probe", "bad_kind", "bad_duration", "bad_phase",
     "field_too_long", "result_too_large", "too_many_probes",
     "bad_timestamp", "too_old", "bad_interval", "too_many_steps", "bad_flow", "bad_trace",
-    "bad_config_status",
+    "wrong_shard", "bad_config_status",
 )
 _FLOW = "flow"
 _TRACE = TRACE_KIND
@@ -424,6 +427,9 @@ _RESULT_REJECTION_DETAILS = {
                 "(limits.max_result_age)"),
     "bad_interval": ("an interval_ms over {limits.max_probe_interval:g}s "
                      "(limits.max_probe_interval)"),
+    "wrong_shard": ("results of probes outside this collector group's shard "
+                    "{shard} of {shards} (sharding): is the agent configured with other "
+                    "shards, or sending to the wrong group?"),
     "too_many_steps": ("a flow result with more than {limits.max_flow_steps} steps run or "
                        "configured (limits.max_flow_steps)"),
     "bad_flow": ("flow details that do not hold together: a step name empty or repeated, "
@@ -499,6 +505,25 @@ def _step_names_problem(steps: Any, max_name: int) -> str | None:
     return None
 
 
+class ShardFilter:
+    """Which probes this collector group holds (`sharding`): `shard_of(probe) == shard`."""
+
+    def __init__(self, shard: int, shards: int) -> None:
+        """The filter of the group `shard` of `shards`."""
+        self.shard = shard
+        self.shards = shards
+        self._shards = ShardCache(shards, max_names=MAX_KNOWN_PROBES)
+
+    @classmethod
+    def from_config(cls, sharding: ShardingConfig | None) -> ShardFilter | None:
+        """The filter of a `sharding` section (None: every probe is this collector's)."""
+        return None if sharding is None else cls(sharding.shard, sharding.shards)
+
+    def holds(self, probe: str) -> bool:
+        """True when `probe`'s results belong to this group."""
+        return self._shards.of(probe) == self.shard
+
+
 def _known_name(value: str, known: set[str]) -> bool:
     """Whether `value` is a valid name (probenet.names), remembering it in `known` if so."""
     if not is_name(value):
@@ -525,7 +550,8 @@ class IngestServicer:
                  wall_clock_ns: Callable[[], int] = time.time_ns,
                  monotonic: Callable[[], float] = time.monotonic,
                  fleet: FleetPusher | None = None,
-                 traces: TraceStore | None = None) -> None:
+                 traces: TraceStore | None = None,
+                 shard_filter: ShardFilter | None = None) -> None:
         """`watermarks` are the journal's, so deduplication continues after a restart.
 
         `details` receives the wire bytes of each accepted result (None: nothing is kept).
@@ -536,7 +562,8 @@ class IngestServicer:
         commits it at once). `wall_clock_ns` is what epochs are checked against (the agents'
         clocks, not the classifier's `clock`, which tests move by hand); `monotonic` times
         stream silence. `fleet` (with a fleet file) pushes probe sets after Welcome and
-        records each ConfigStatus.
+        records each ConfigStatus. `shard_filter` (with `sharding`) rejects results of
+        probes outside this group's shard (`wrong_shard`).
         """
         self._classifier = classifier
         self._committer = committer
@@ -581,6 +608,7 @@ class IngestServicer:
         self._idle_since: dict[str, float] = {}
         self._fleet = fleet  # with a fleet file: pushes probe sets, records ConfigStatus
         self._traces = traces  # path traces (kind "trace") go there, never to the classifier
+        self._shard_filter = shard_filter
 
     @classmethod
     def build(cls, config: CollectorConfig, **kwargs: Any) -> IngestServicer:
@@ -589,7 +617,8 @@ class IngestServicer:
                     if config.agents is not None else None)
         return cls(limits=config.limits, registry=registry, collector_id=config.collector_id,
                    identity_check=bool(config.tls and config.tls.client_ca_file),
-                   commit_interval=config.journal.commit_interval, **kwargs)
+                   commit_interval=config.journal.commit_interval,
+                   shard_filter=ShardFilter.from_config(config.sharding), **kwargs)
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
         """The generic handler to add to a grpc.aio server (raw bytes in and out)."""
@@ -794,7 +823,9 @@ class IngestServicer:
         session.labels = labels
         self._sessions[agent] = session
         interval_s = hello.interval_ms / 1000 if hello.interval_ms else DEFAULT_INTERVAL_S
-        self._classifier.agent_connected(agent, region, labels, interval_s, self._clock())
+        # A sharded agent whose probes all go to other shards says so with probe_count 0.
+        self._classifier.agent_connected(agent, region, labels, interval_s, self._clock(),
+                                         expects_results=hello.probe_count > 0)
         self._committer.commit()
         self._metrics.streams.set(len(self._sessions))
         self._metrics.streams_opened.inc()
@@ -997,6 +1028,7 @@ class IngestServicer:
         # The probe cap: the agent's probes are the pairs the classifier holds (across
         # reconnects). Checked per result only in a batch that could cross it.
         held = self._classifier.agent_probes(session.agent)
+        in_shard = self._shard_filter.holds if self._shard_filter is not None else None
         room = limits.max_probes_per_agent - len(held)
         capped = len(results) > room
         added: set[str] = set()  # new probes accepted in this batch, while capped
@@ -1023,6 +1055,8 @@ class IngestServicer:
                 probe = result.probe
                 if probe not in known_probes and not _known_name(probe, known_probes):
                     reason = "bad_probe"
+                elif in_shard is not None and not in_shard(probe):
+                    reason = "wrong_shard"
                 elif (kind := result.kind) not in kinds and kind != _TRACE:
                     reason = "bad_kind"
                 elif not 0.0 <= result.duration_seconds <= MAX_DURATION_S:
@@ -1151,8 +1185,10 @@ class IngestServicer:
     def _result_rejection_detail(self, reason: str, probes: int) -> str:
         """The log detail of a result-level rejection (`probes`: the agent's probe count)."""
         detail = _RESULT_REJECTION_DETAILS.get(reason)
-        return "invalid result" if detail is None else detail.format(limits=self._limits,
-                                                                      probes=probes)
+        shards = self._shard_filter
+        return "invalid result" if detail is None else detail.format(
+            limits=self._limits, probes=probes, shard=shards.shard if shards else None,
+            shards=shards.shards if shards else None)
 
     def _count_rejection(self, agent: str, reason: str, message: str, count: int = 1, *,
                          counted_result: bool = False) -> None:

@@ -432,17 +432,29 @@ class Journal:
 
     @staticmethod
     def _write(db: sqlite3.Connection, item: OutageTransition) -> int:
+        """Upsert the record's row and append the event; returns the event's seq.
+
+        Ids are derived from (kind, subject, start) (collector/classify.py, `outage_id`), so
+        a row is only ever replaced by the same outage: same kind, probe, service and
+        region. A row of another subject under the same id (a hash collision, or a bug) is
+        never overwritten: the whole commit fails instead (sqlite3.IntegrityError, turned
+        into JournalError by `_transaction`).
+        """
         record = item.record
         text = json.dumps(record.to_json(), separators=(",", ":"))
-        db.execute(
+        written = db.execute(
             "INSERT INTO outages (id, kind, probe, service, region, scope, started_at,"
             " detected_at, ended_at, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, probe = excluded.probe,"
-            " service = excluded.service, region = excluded.region, scope = excluded.scope,"
+            " ON CONFLICT (id) DO UPDATE SET scope = excluded.scope,"
             " started_at = excluded.started_at, detected_at = excluded.detected_at,"
-            " ended_at = excluded.ended_at, record = excluded.record",
+            " ended_at = excluded.ended_at, record = excluded.record"
+            " WHERE outages.kind = excluded.kind AND outages.probe IS excluded.probe"
+            " AND outages.service IS excluded.service AND outages.region IS excluded.region",
             (record.id, str(record.kind), record.probe, record.service, record.region,
              str(record.scope), record.started_at, record.detected_at, record.ended_at, text))
+        if written.rowcount != 1:
+            raise sqlite3.IntegrityError(
+                f"outage id {record.id} already names another {record.kind} record")
         cursor = db.execute(
             "INSERT INTO outage_events (outage_id, event, at, record) VALUES (?, ?, ?, ?)",
             (record.id, str(item.event), item.at, text))

@@ -153,6 +153,16 @@ class IngestMetrics:
         build.info({"version": __version__})
 
 
+class FleetViewMetrics:
+    """The merged fleet view's peer groups (collector/fleetview_api.py), on a registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """Register the families on `registry`."""
+        self.peer_up = Gauge(
+            "probenet_fleet_peer_up", "1 if the last fleet view request to the collector "
+            "group of that shard got an answer, else 0.", ["shard"], registry=registry)
+
+
 def _add_record_rows(open_records: Iterable[OutageRecord], known: AbstractSet[str], *,
                      active: GaugeMetricFamily | CounterMetricFamily,
                      outage_step: GaugeMetricFamily | CounterMetricFamily) -> None:

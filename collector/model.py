@@ -170,10 +170,15 @@ class OutageRecord:
                            detected_at=detected_at)
 
     @classmethod
-    def region_isolated(cls, outage_id: str, region: str, *, at: float) -> OutageRecord:
-        """A new `region_isolated` record: every agent of `region` is impaired."""
+    def region_isolated(cls, outage_id: str, region: str, *, at: float,
+                        started_at: float | None = None) -> OutageRecord:
+        """A new `region_isolated` record: every agent of `region` is impaired.
+
+        Detected `at`; started at `started_at` (when its agents' results date it), else `at`.
+        """
         return cls._opened(outage_id, OutageKind.REGION_ISOLATED, region=region,
-                           scope=Scope.REGIONAL, regions=(region,), started_at=at,
+                           scope=Scope.REGIONAL, regions=(region,),
+                           started_at=at if started_at is None else started_at,
                            detected_at=at)
 
     @classmethod

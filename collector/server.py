@@ -148,7 +148,8 @@ class CollectorService:
                             ready=lambda: self.ready,
                             registered_agents=self.registered_agents,
                             maintenance=self.maintenance, status=self.status_page,
-                            agent_config=agent_config)
+                            agent_config=agent_config, sharding=config.sharding,
+                            registry=self.registry)
         self.grpc_port = 0
         self.ready = False
         self._lifecycle = EnterOnce("CollectorService", LifecycleError)

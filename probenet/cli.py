@@ -81,11 +81,12 @@ def check(paths: list[Path]) -> int:
 
     failed = False
     for path in paths:
+        summary: list[str] = []
         try:
             data, _ = load_tree(read_config_text(path), str(path), allow_empty=False)
             kind = config_kind(data)
             if kind == "agent":
-                load_agent(path, checks=(unavailable_kinds,))
+                summary = shard_summary(load_agent(path, checks=(unavailable_kinds,)))
             elif kind == "fleet":
                 from probenet.collector.fleet import load_fleet  # noqa: PLC0415 - lazy on purpose
                 load_fleet(path)
@@ -104,7 +105,30 @@ def check(paths: list[Path]) -> int:
                   "please report it", file=sys.stderr)
             continue
         print(f"{path}: ok ({kind} config)")
+        for line in summary:
+            print(f"  {line}")
     return 1 if failed else 0
+
+
+_SHOWN_PROBES = 20
+
+
+def shard_summary(config: Any) -> list[str]:
+    """For a sharded agent config: one line per shard, its collectors and local probes."""
+    from probenet.sharding import shard_of  # noqa: PLC0415 - lazy on purpose
+
+    shards = config.shard_count
+    if shards is None:
+        return []
+    lines = [f"{shards} shards (hashmod of the probe name); local probes per shard:"]
+    for shard in range(shards):
+        collectors = ", ".join(c.address for c in config.collectors if c.shard == shard)
+        names = [p.name for p in config.probes if shard_of(p.name, shards) == shard]
+        shown = ", ".join(names[:_SHOWN_PROBES])
+        more = f", and {len(names) - _SHOWN_PROBES} more" if len(names) > _SHOWN_PROBES else ""
+        lines.append(f"shard {shard} ({collectors}): {len(names)} "
+                     f"probe{'' if len(names) == 1 else 's'}{': ' if names else ''}{shown}{more}")
+    return lines
 
 
 def check_fleet(config: Any) -> None:

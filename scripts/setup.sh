@@ -8,13 +8,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-SYSTEM_PACKAGES=(mosquitto prometheus prometheus-alertmanager nftables iproute2 tmux chromium)
+SYSTEM_PACKAGES=(mosquitto prometheus prometheus-alertmanager victoria-metrics nftables iproute2 tmux chromium)
 
 install_system_packages() {
     local missing=()
     command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
     command -v promtool >/dev/null || missing+=(prometheus)
     command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
+    # tests/ha run a VictoriaMetrics single-node beside the Prometheus pair.
+    command -v victoria-metrics >/dev/null || [ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
     command -v nft >/dev/null || [ -x /usr/sbin/nft ] || missing+=(nftables)
     command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing+=(iproute2)
     command -v tmux >/dev/null || missing+=(tmux)

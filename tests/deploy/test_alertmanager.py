@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,43 +14,13 @@ import pytest
 import yaml
 
 from support.system import ROOT, free_port, need_binary
+from support.webhook import Webhook
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 DEADLINE_S = 30.0
-
-
-class Webhook:
-    """A loopback webhook receiver that records every notification by path."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with outer.lock:
-                    outer.received.append((self.path, json.loads(body)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, name="webhook",
-                                       daemon=True)
-
-    def alertnames(self, path: str) -> set[tuple[str, str]]:
-        """(alertname, status) of every alert notified on `path`."""
-        with self.lock:
-            return {(a["labels"]["alertname"], a["status"])
-                    for p, body in self.received if p == path for a in body["alerts"]}
 
 
 def http_json(url: str, payload: Any = None) -> Any:
@@ -110,8 +78,7 @@ def alertmanager(tmp_path) -> Iterator[tuple[str, Webhook]]:
             process.kill()
             process.wait(timeout=10)
         log.close()
-        webhook.server.shutdown()
-        webhook.server.server_close()
+        webhook.close()
 
 
 def fire(url: str, *alerts: dict[str, str]) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from support.kube import objects_by_kind, read_manifests
 from support.system import ROOT, need_binary
 
 if TYPE_CHECKING:
@@ -270,15 +271,11 @@ def test_dockerfile_healthcheck_command_works(healthz_server):
 
 
 def manifests() -> list[dict[str, Any]]:
-    docs = []
-    for path in sorted(KUBERNETES.glob("*.yaml")):
-        if path.name != "kustomization.yaml":
-            docs += [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
-    return docs
+    return read_manifests(KUBERNETES)
 
 
 def by_kind(kind: str) -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d for d in manifests() if d["kind"] == kind}
+    return objects_by_kind(KUBERNETES, kind)
 
 
 def test_kubernetes_objects():

@@ -169,6 +169,10 @@ def test_ha_prometheus_scrapes_both_collectors_and_alerts_both_alertmanagers():
         managers = [t for am in config["alerting"]["alertmanagers"]
                     for sc in am["static_configs"] for t in sc["targets"]]
         assert sorted(managers) == ["alertmanager-a:9093", "alertmanager-b:9093"]
+        # Alertmanager merges only identical label sets: the replicas' alerts lose `replica`
+        # (tests/deploy/test_ha_live.py shows one notification per group with it).
+        assert {"action": "labeldrop", "regex": "replica"} in config["alerting"][
+            "alert_relabel_configs"]
 
 
 def test_ha_alertmanager_group_interval_exceeds_the_readme_peer_timeout():

@@ -8,7 +8,6 @@ runs. `faults(Down(...), ...)` says which (probe, agent) pairs fail in a round, 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -107,8 +106,7 @@ class Fleet:
         classifier: Classifier | None = None,
     ) -> None:
         self.params = params or ClassificationParams()
-        ids = itertools.count(1)
-        self.clf = classifier or Classifier(self.params, new_id=lambda: f"o{next(ids)}")
+        self.clf = classifier or Classifier(self.params)
         self.probes = tuple(probes)
         self.interval_s = interval_s
         self.services = dict(services or {})

@@ -43,11 +43,12 @@ def _serialize(message: Outgoing) -> bytes:
 class PushingCollector:
     """The test's collector (async context manager); see the module docstring."""
 
-    def __init__(self, collector_id: str = "push-test", *, host: str = "127.0.0.1") -> None:
-        """Listen on `host`, port 0."""
+    def __init__(self, collector_id: str = "push-test", *, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        """Listen on `host`, at `port` (0: any free one; `port` is the bound one after start)."""
         self.collector_id = collector_id
         self.host = host
-        self.port = 0
+        self.port = port
         self.hellos: list[pb.Hello] = []
         self.results: list[pb.ProbeResult] = []
         self.statuses: list[pb.ConfigStatus] = []
@@ -92,7 +93,7 @@ class PushingCollector:
                 response_serializer=_serialize)})
         server = grpc.aio.server()
         server.add_generic_rpc_handlers((handler,))
-        self.port = server.add_insecure_port(f"{self.host}:0")
+        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
         await server.start()
         self._server = server
         return self

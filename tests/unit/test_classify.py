@@ -709,8 +709,7 @@ def test_wildly_wrong_agent_clock_falls_back_to_the_collector_clock() -> None:
 def _restarted(fleet: Fleet, **kwargs: object) -> Fleet:
     """A new collector process: a fresh classifier adopting the open records."""
     records = fleet.open()
-    ids = itertools.count(100)
-    clf = Classifier(fleet.params, new_id=lambda: f"r{next(ids)}")
+    clf = Classifier(fleet.params)
     clf.restore(records, fleet.now)
     assert clf.take_transitions() == []
     regions: dict[str, int] = {}

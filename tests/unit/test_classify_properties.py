@@ -295,7 +295,7 @@ def test_records_are_consistent_under_random_faults(scenario: Chaos) -> None:
     for n in range(scenario.rounds):
         if n == scenario.restart_at:
             records = fleet.clf.open_outages()
-            clf = Classifier(params, new_id=lambda: f"r{rng.getrandbits(64):x}")
+            clf = Classifier(params)
             clf.restore(records, fleet.now)
             for agent in fleet.agents:
                 clf.agent_connected(agent, fleet.region_of[agent], {}, fleet.interval_s,

@@ -9,7 +9,6 @@ most of their probes' records show, and every other kind shows none.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 from probenet.collector.classify import Classifier
@@ -67,8 +66,7 @@ class StepFleet:
     transitions: list[Transition] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        ids = itertools.count(1)
-        self.classifier = Classifier(ClassificationParams(), new_id=lambda: f"o{next(ids)}")
+        self.classifier = Classifier(ClassificationParams())
         for region in self.regions:
             for n in (1, 2):
                 self.classifier.agent_connected(f"{region}-{n}", region, {}, INTERVAL_S,
