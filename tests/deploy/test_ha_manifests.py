@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from probenet.collector.config import load_config
+from support.kube import materialize_pod as kube_materialize_pod
 from support.kube import objects_by_kind, read_manifests
 from support.system import ROOT, need_binary
 
@@ -211,29 +212,8 @@ def selects(selector: dict[str, str], workload: dict[str, Any]) -> bool:
 
 
 def materialize_pod(workload: dict[str, Any], root: Path, env: dict[str, str]) -> None:
-    """Lay out the pod's file system under `root`: ConfigMap data, placeholder secret files,
-    empty dirs; then run the init containers' shell commands against it with `env`."""
-    pod = workload["spec"]["template"]["spec"]
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    config_maps = by_kind("ConfigMap")
-    for each in pod.get("initContainers", []) + pod["containers"]:
-        for mount in each["volumeMounts"]:
-            where = root / mount["mountPath"].lstrip("/")
-            where.mkdir(parents=True, exist_ok=True)
-            volume = volumes.get(mount["name"], {})
-            if "configMap" in volume:
-                for key, value in config_maps[volume["configMap"]["name"]]["data"].items():
-                    (where / key).write_text(value, encoding="utf-8")
-            elif "secret" in volume:
-                for item in volume["secret"]["items"]:
-                    (where / item["path"]).write_text("placeholder\n", encoding="utf-8")
-    for init in pod.get("initContainers", []):
-        assert init["command"][:2] == ["/bin/sh", "-c"]
-        script = init["command"][2].replace("/etc/probenet/", f"{root}/etc/probenet/")
-        names = {e["name"] for e in init.get("env", [])}
-        assert names <= env.keys(), names
-        subprocess.run(["/bin/sh", "-c", script], env={**os.environ, **env}, check=True,
-                       timeout=60)
+    """The pod's file system under `root`, its init containers run with `env`."""
+    kube_materialize_pod(workload, by_kind("ConfigMap"), root, env)
 
 
 def test_kubernetes_ha_objects_and_kustomization():
